@@ -1,0 +1,20 @@
+"""distcomp: cheaper PyTorch distributed training on bandwidth-limited clusters.
+
+Algorithms live here (tensor math, reducers, planners); :mod:`hooks` adapts them to DDP.
+"""
+
+from distcomp.compressor import Compressor, GatherCompressor, compressor_names, get_compressor
+from distcomp.config import CompressionConfig
+from distcomp.ledger import ByteLedger
+from distcomp.reducer import CompressedReducer
+
+__all__ = [
+    "ByteLedger",
+    "CompressedReducer",
+    "CompressionConfig",
+    "Compressor",
+    "GatherCompressor",
+    "compressor_names",
+    "get_compressor",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""Top-k sparsification: each rank sends the k largest-magnitude entries of a tensor.
+
+Payload for n elements at density d: k = clamp(round(d * n), 1, n) fp32 values followed by k
+int32 indices, 8 * k bytes, exchanged with all-gather (sparse supports differ between ranks, so
+they cannot be summed in compressed form). Every rank scatter-adds all W payloads and divides by
+W. Error feedback (in the reducer) keeps what was not sent, so small entries are delayed, not lost.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from distcomp.compressor import FP32_BYTES, GatherCompressor, bytes_as, register
+
+INDEX_BYTES = 4
+
+
+@register
+class TopK(GatherCompressor):
+    """Per-tensor magnitude top-k. Setting: ``density`` in (0, 1]."""
+
+    name = "topk"
+    setting_name = "density"
+
+    def validate_setting(self, setting: float) -> float:
+        if isinstance(setting, bool) or not isinstance(setting, (int, float)):
+            raise ValueError(f"top-k density must be a number in (0, 1], got {setting!r}")
+        if not (0.0 < float(setting) <= 1.0):
+            raise ValueError(f"top-k density must be in (0, 1], got {setting!r}")
+        return float(setting)
+
+    def eligible(self, shape: torch.Size) -> bool:
+        return True
+
+    @staticmethod
+    def k_for(numel: int, density: float) -> int:
+        return min(numel, max(1, round(density * numel)))
+
+    def wire_bytes(self, shape: torch.Size, setting: float) -> int:
+        return (FP32_BYTES + INDEX_BYTES) * self.k_for(math.prod(shape), setting)
+
+    def encode(
+        self, x: torch.Tensor, setting: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        x = x.reshape(-1).float()
+        k = self.k_for(x.numel(), setting)
+        idx = torch.topk(x.abs(), k, sorted=False).indices
+        values = x[idx].contiguous()
+        return torch.cat([values.view(torch.uint8), idx.to(torch.int32).view(torch.uint8)])
+
+    def _split(self, payload: torch.Tensor, numel: int, setting: float):
+        k = self.k_for(numel, setting)
+        values = bytes_as(payload[: FP32_BYTES * k], torch.float32)
+        idx = bytes_as(payload[FP32_BYTES * k : (FP32_BYTES + INDEX_BYTES) * k], torch.int32)
+        return values, idx.long()
+
+    def decode(self, payload: torch.Tensor, numel: int, setting: float) -> torch.Tensor:
+        values, idx = self._split(payload, numel, setting)
+        out = torch.zeros(numel, dtype=torch.float32, device=payload.device)
+        return out.index_add_(0, idx, values)
+
+    def decode_sum(self, payloads: torch.Tensor, numel: int, setting: float) -> torch.Tensor:
+        out = torch.zeros(numel, dtype=torch.float32, device=payloads.device)
+        for row in payloads:
+            values, idx = self._split(row, numel, setting)
+            out.index_add_(0, idx, values)
+        return out

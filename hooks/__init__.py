@@ -1,0 +1,5 @@
+"""Functions that DDP (and later DeepSpeed / Horovod) call, thin over :mod:`distcomp`."""
+
+from hooks.ddp import CompressionState, compression_hook
+
+__all__ = ["CompressionState", "compression_hook"]
