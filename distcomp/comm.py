@@ -63,6 +63,7 @@ class TorchComm:
 
     def all_gather(self, t: torch.Tensor) -> Handle:
         flat = t.new_empty(self.world_size * t.numel())  # gloo wants a flat output
-        work = dist.all_gather_into_tensor(flat, t.reshape(-1), group=self.group, async_op=True)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        work = gather(flat, t.reshape(-1), group=self.group, async_op=True)
         out = flat.view(self.world_size, *t.shape)
         return _TorchHandle(work, out, f"all_gather of {t.numel()} x {t.dtype}", self.timeout_s)

@@ -49,7 +49,7 @@ class CompressedReducer:
       residuals: key -> fp32 error-feedback memory, same shape as the gradient.
       qs: key -> PowerSGD warm-start Q (m, r), identical on every rank.
       ledger: bytes contributed to collectives.
-      nonfinite_steps: buckets that fell back to a dense all-reduce because of inf/NaN.
+      nonfinite_buckets: buckets that fell back to a dense all-reduce because of inf/NaN.
     """
 
     def __init__(self, config: CompressionConfig, rank: int = 0):
@@ -60,7 +60,7 @@ class CompressedReducer:
         self.residuals: dict[str, torch.Tensor] = {}
         self.qs: dict[str, torch.Tensor] = {}
         self.ledger = ByteLedger()
-        self.nonfinite_steps = 0
+        self.nonfinite_buckets = 0
         self._generators: dict[str, torch.Generator] = {}
 
     # -- per-tensor decisions ------------------------------------------------------------------
@@ -104,7 +104,7 @@ class CompressedReducer:
         else:
             ok = self._reduce_lowrank(dense, comp, inputs, nonfinite, comm, step)
         if not ok:
-            self.nonfinite_steps += 1
+            self.nonfinite_buckets += 1
             self._dense(grads, keys, comm, step)
 
     def _compensated(self, slot: _Slot) -> torch.Tensor:
@@ -211,7 +211,7 @@ class CompressedReducer:
             "qs": {k: v.clone() for k, v in self.qs.items()},
             "generators": {k: g.get_state() for k, g in self._generators.items()},
             "ledger": self.ledger.state_dict(),
-            "nonfinite_steps": self.nonfinite_steps,
+            "nonfinite_buckets": self.nonfinite_buckets,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -230,4 +230,4 @@ class CompressedReducer:
             gen.set_state(gen_state)
             self._generators[name] = gen
         self.ledger.load_state_dict(state["ledger"])
-        self.nonfinite_steps = int(state["nonfinite_steps"])
+        self.nonfinite_buckets = int(state["nonfinite_buckets"])

@@ -57,7 +57,7 @@ class CompressionState:
         process_group: "dist.ProcessGroup | None" = None,
         **options,
     ):
-        self.config = CompressionConfig(method=method, **options)
+        self.config = CompressionConfig.from_dict({"method": method, **options})
         module = model.module if hasattr(model, "module") else model
         self._names = {id(p): name for name, p in module.named_parameters()}
         if process_group is None:

@@ -1,0 +1,90 @@
+"""Run a function on W real gloo ranks (separate processes) and collect what each returns.
+
+Every test that touches torch.distributed goes through here: processes are spawned fresh,
+OMP_NUM_THREADS=1, the process group has a timeout, and the whole run has a deadline after which
+every rank is killed and the test fails, so a hang can never stall the suite.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing as mp
+import os
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(fn, rank: int, world: int, port: int, out: str, pg_timeout_s: float, kwargs) -> None:
+    os.environ.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(
+            "gloo", rank=rank, world_size=world,
+            timeout=datetime.timedelta(seconds=pg_timeout_s),
+        )
+        result = fn(rank, world, **kwargs)
+        torch.save({"ok": True, "result": result}, out)
+    except BaseException:  # noqa: BLE001 - reported to the parent
+        torch.save({"ok": False, "error": traceback.format_exc()}, out)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(fn, world: int = 2, timeout_s: float = 180.0, pg_timeout_s: float = 60.0, **kwargs):
+    """Call ``fn(rank, world, **kwargs)`` on ``world`` gloo ranks; return the results by rank.
+
+    ``fn`` must be a module-level function (it is pickled by reference). A rank that raises
+    fails the test with its traceback; a run past ``timeout_s`` is killed and fails the test.
+    """
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = [str(Path(tmp) / f"rank{r}.pt") for r in range(world)]
+        procs = [
+            ctx.Process(target=_child, args=(fn, r, world, port, outs[r], pg_timeout_s, kwargs))
+            for r in range(world)
+        ]
+        old = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            if old is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = old
+        deadline = time.monotonic() + timeout_s
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        if hung:
+            raise AssertionError(f"ranks {hung} still running after {timeout_s}s: killed (hang)")
+        results = []
+        for r, (p, out) in enumerate(zip(procs, outs)):
+            if not os.path.exists(out):
+                raise AssertionError(f"rank {r} died with exit code {p.exitcode} and no result")
+            rec = torch.load(out, weights_only=False)
+            if not rec["ok"]:
+                raise AssertionError(f"rank {r} raised:\n{rec['error']}")
+            results.append(rec["result"])
+        return results
+
