@@ -1,0 +1,1 @@
+"""Dataset compression (quantization and pruning) and its offline CLI: issue #6."""

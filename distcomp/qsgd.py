@@ -58,24 +58,21 @@ class QSGD(GatherCompressor):
         x = x.reshape(-1).float()
         n = x.numel()
         nbuckets = math.ceil(n / self.bucket_size)
-        padded = torch.zeros(nbuckets * self.bucket_size, dtype=torch.float32, device=x.device)
+        # float64 only where float32's 24-bit mantissa cannot hold the levels exactly
+        dtype = torch.float64 if bits > 16 else torch.float32
+        padded = torch.zeros(nbuckets * self.bucket_size, dtype=dtype, device=x.device)
         padded[:n] = x
         buckets = padded.view(nbuckets, self.bucket_size)
-        if self.norm == "max":
-            scale = buckets.abs().amax(dim=1)
-        else:
-            scale = buckets.norm(dim=1)
+        magnitude = buckets.abs()
+        scale = magnitude.amax(dim=1) if self.norm == "max" else buckets.norm(dim=1)
         levels = (1 << (bits - 1)) - 1
-        # float64 keeps the rounding exact enough for 16/32-bit codes.
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale)).double()
-        scaled = (buckets.abs().double() / safe.unsqueeze(1) * levels).clamp_(0, levels)
-        lower = scaled.floor()
-        rand = torch.rand(scaled.shape, generator=generator, dtype=torch.float64, device=x.device)
-        level = (lower + (rand < scaled - lower)).long()
-        sign = (buckets < 0).long()
-        codes = (sign << (bits - 1)) | level
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scaled = magnitude.mul_(levels / safe.unsqueeze(1)).clamp_(0, levels)
+        noise = torch.rand(scaled.shape, generator=generator, dtype=dtype, device=x.device)
+        level = scaled.add_(noise).floor_().clamp_(max=levels).long()
+        codes = level | ((buckets < 0).long() << (bits - 1))
         packed = pack_bits(codes.reshape(-1)[:n], bits)
-        return torch.cat([scale.contiguous().view(torch.uint8), packed])
+        return torch.cat([scale.float().contiguous().view(torch.uint8), packed])
 
     def decode(self, payload: torch.Tensor, numel: int, setting: float) -> torch.Tensor:
         bits = int(setting)
@@ -83,7 +80,9 @@ class QSGD(GatherCompressor):
         scale = bytes_as(payload[: FP32_BYTES * nbuckets], torch.float32)
         codes = unpack_bits(payload[FP32_BYTES * nbuckets :], bits, numel)
         levels = (1 << (bits - 1)) - 1
-        sign = 1.0 - 2.0 * (codes >> (bits - 1)).double()
-        level = (codes & levels).double()
-        per_elem = scale.double().repeat_interleave(self.bucket_size)[:numel]
-        return (sign * level / levels * per_elem).float()
+        dtype = torch.float64 if bits > 16 else torch.float32
+        values = torch.zeros(nbuckets * self.bucket_size, dtype=dtype, device=payload.device)
+        values[:numel] = (codes & levels).to(dtype)
+        values[:numel] *= 1.0 - 2.0 * (codes >> (bits - 1)).to(dtype)
+        values = values.view(nbuckets, self.bucket_size) * (scale.to(dtype) / levels).unsqueeze(1)
+        return values.reshape(-1)[:numel].float()
