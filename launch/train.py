@@ -42,7 +42,8 @@ class Options:
 def parse_args() -> Options:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in fields(Options):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, type=type(f.default), default=f.default)
     opts = Options(**vars(parser.parse_args()))
     if opts.comm not in ("none", "powersgd", "topk", "qsgd"):
         parser.error(f"--comm must be none, powersgd, topk or qsgd, got {opts.comm!r}")
@@ -99,11 +100,16 @@ def main() -> None:
         step_time = (time.perf_counter() - start) / opts.steps_per_epoch
         loss_avg = torch.tensor([total / opts.steps_per_epoch])
         dist.all_reduce(loss_avg)
-        sent = state.ledger.mean_bytes_per_step(last=opts.steps_per_epoch) if state else dense_bytes
+        sent = dense_bytes
+        if state is not None:
+            sent = state.ledger.mean_bytes_per_step(last=opts.steps_per_epoch)
         if rank == 0:
-            print(f"[{opts.comm}] epoch {epoch + 1}/{opts.epochs} loss {loss_avg.item() / world:.4f} "
-                  f"bytes/step {sent:,.0f} (dense/sent {dense_bytes / sent:.1f}x) "
-                  f"step {step_time * 1e3:.1f} ms", flush=True)
+            print(
+                f"[{opts.comm}] epoch {epoch + 1}/{opts.epochs} "
+                f"loss {loss_avg.item() / world:.4f} bytes/step {sent:,.0f} "
+                f"(dense/sent {dense_bytes / sent:.1f}x) step {step_time * 1e3:.1f} ms",
+                flush=True,
+            )
     dist.destroy_process_group()
 
 
