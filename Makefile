@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    := OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1
 TORCHRUN := $(RUN) $(BIN)/torchrun --standalone --nproc_per_node=2
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv sysdeps test lint demo bench clean
 
 venv: $(STAMP)
 
@@ -17,18 +17,35 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# System pieces from Debian's packages, installed only when missing and only as root.
+APT_PKGS := $(if $(shell command -v ip),,iproute2) $(if $(shell command -v tc),,iproute2)
+sysdeps:
+	@if [ -n "$(strip $(APT_PKGS))" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(sort $(APT_PKGS)); \
+	  else echo "missing $(sort $(APT_PKGS)); not root, so tests that need them will skip"; fi; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 
-test: lint
+test: lint sysdeps
 	$(RUN) $(BIN)/python -m pytest -q
 
 demo: venv
 	$(TORCHRUN) launch/train.py --comm none
 	$(TORCHRUN) launch/train.py --comm powersgd --rank 4
 
-bench: venv
-	$(RUN) $(BIN)/python -m benchmarks.compressors --json bench-results/compressors.json
+# Figures for README: compressors alone, then the two-host network benchmark at 100 Mbit/s and
+# unshaped (compute overhead); README's netbench block is regenerated from the JSON.
+RESULTS := benchmarks/results
+bench: venv sysdeps
+	$(RUN) $(BIN)/python -m benchmarks.compressors --json $(RESULTS)/compressors.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --json $(RESULTS)/netbench.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --bandwidth none \
+	  --arms local,allreduce,torch_fp16,torch_powersgd,powersgd --json $(RESULTS)/netbench-unshaped.json
+	$(BIN)/python -m benchmarks.netbench_report --readme README.md \
+	  $(RESULTS)/netbench.json $(RESULTS)/netbench-unshaped.json
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache *.egg-info

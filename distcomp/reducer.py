@@ -94,8 +94,10 @@ class CompressedReducer:
         if all(s.setting is None for s in slots):
             self._dense(grads, keys, comm, step)
             return
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        nonfinite = (~finite).to(torch.float32).reshape(1)
+        # One float per rank: any inf/NaN makes the sum non-finite (so can an overflow of
+        # values near the fp32 limit, which then just takes the safe dense path).
+        total = torch.stack([g.detach().sum(dtype=torch.float32) for g in grads]).sum()
+        nonfinite = (~torch.isfinite(total)).to(torch.float32).reshape(1)
         dense = [s for s in slots if s.setting is None]
         comp = [s for s in slots if s.setting is not None]
         inputs = [self._compensated(s) for s in comp]

@@ -1,5 +1,6 @@
 """Functions that DDP (and later DeepSpeed / Horovod) call, thin over :mod:`distcomp`."""
 
 from hooks.ddp import CompressionState, compression_hook
+from hooks.local import local_hook
 
-__all__ = ["CompressionState", "compression_hook"]
+__all__ = ["CompressionState", "compression_hook", "local_hook"]

@@ -1,0 +1,231 @@
+"""Two hosts, one slow link: every communication method measured by the same wire.
+
+    sudo python -m benchmarks.netbench [--quick] [--bandwidth 100mbit|none] [--delay 20ms]
+        [--arms local,allreduce,...] [--workloads lm,cnn] [--json PATH] [--plot PATH]
+
+Two network namespaces joined by a veth pair shaped with tc tbf (see benchmarks/netns.py) each
+run one training rank under ``torchrun --nnodes=2`` (c10d rendezvous on host A's address, gloo on
+the veth). For every workload and arm, same seed, data and steps: wire bytes per timed step from
+host A's veth counters (tx + rx, headers included), the payload bytes our ledger counts, the
+median step time (slowest rank) and the loss curve. An arm that crashes or hangs is recorded with
+``status: "error"`` and what it printed, never dropped. Writes JSON, a PNG plot and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import environment, write_json
+from benchmarks.netbench_worker import ARMS
+from benchmarks.netns import NetnsError, TwoHosts, require_root
+from benchmarks.workloads import WORKLOADS, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = {"full": {"lm": 50, "cnn": 200}, "quick": {"lm": 7, "cnn": 16}}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arms", default=",".join(ARMS), help="comma list from: " + ",".join(ARMS))
+    p.add_argument("--workloads", default="lm,cnn")
+    p.add_argument("--bandwidth", default="100mbit", help="tc rate, or 'none' for no shaping")
+    p.add_argument("--delay", default=None, help="netem delay, e.g. '20ms' or '20ms 10ms'")
+    p.add_argument("--quick", action="store_true", help="few steps: under 5 minutes")
+    p.add_argument("--steps", type=int, default=None, help="override steps for every workload")
+    p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps at the start")
+    p.add_argument("--rank", type=int, default=4, help="PowerSGD rank (ours and torch's)")
+    p.add_argument("--density", type=float, default=0.01, help="top-k density")
+    p.add_argument("--bits", type=int, default=4, help="QSGD bits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arm-timeout", type=float, default=None,
+                   help="seconds before an arm counts as hung (default 150 quick, 900 full)")
+    p.add_argument("--data", default=str(REPO / "bench-results" / "data"))
+    p.add_argument("--json", default=str(REPO / "bench-results" / "netbench.json"))
+    p.add_argument("--plot", default=None, help="PNG path (default: next to the JSON)")
+    args = p.parse_args(argv)
+    args.arms = [a for a in args.arms.split(",") if a]
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    bad = [a for a in args.arms if a not in ARMS]
+    bad += [w for w in args.workloads if w not in WORKLOADS]
+    if bad:
+        p.error(f"unknown arms/workloads {bad}; arms: {ARMS}, workloads: {sorted(WORKLOADS)}")
+    if args.steps is not None and args.steps <= args.warmup_steps:
+        p.error("--steps must exceed --warmup-steps")
+    args.bandwidth = None if args.bandwidth.lower() == "none" else args.bandwidth
+    if args.arm_timeout is None:
+        args.arm_timeout = 150.0 if args.quick else 900.0
+    args.plot = args.plot or str(Path(args.json).with_suffix(".png"))
+    return args
+
+
+def steps_for(args, workload: str) -> int:
+    return args.steps or STEPS["quick" if args.quick else "full"][workload]
+
+
+def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: Path) -> dict:
+    """Start both ranks in their namespaces, wait (bounded), and merge what they wrote."""
+    steps = steps_for(args, workload)
+    port = 29400 + index
+    procs, logs = {}, {}
+    for host in ("a", "b"):
+        env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=net.iface[host],
+                   NETBENCH_IFACE=net.iface[host], NETBENCH_HOST=host, PYTHONPATH=str(REPO))
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint={net.addr['a']}:{port}",
+            f"--rdzv_id=netbench-{os.getpid()}-{index}",
+            f"--rdzv_conf=is_host={int(host == 'a')}", f"--local_addr={net.addr[host]}",
+            "--max_restarts=0", "-m", "benchmarks.netbench_worker",
+            f"--workload={workload}", f"--arm={arm}", f"--data={args.data}",
+            f"--out={out_dir}", f"--steps={steps}", f"--warmup-steps={args.warmup_steps}",
+            f"--rank={args.rank}", f"--density={args.density}", f"--bits={args.bits}",
+            f"--seed={args.seed}", f"--timeout={args.arm_timeout}",
+        ]
+        logs[host] = open(out_dir / f"{workload}-{arm}-{host}.log", "w+")
+        procs[host] = net.popen(host, cmd, env=env, cwd=REPO, stdout=logs[host],
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + args.arm_timeout
+    hung = False
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            hung = True
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    texts = {}
+    for host, f in logs.items():
+        f.seek(0)
+        texts[host] = f.read()
+        f.close()
+    base = {"workload": workload, "arm": arm, "steps": steps}
+    if hung:
+        return {**base, "status": "error",
+                "error": f"hang: no result after {args.arm_timeout:.0f}s, killed. "
+                + error_excerpt(texts)}
+    codes = {h: p.returncode for h, p in procs.items()}
+    if any(codes.values()):
+        return {**base, "status": "error", "error": f"exit codes {codes}: " + error_excerpt(texts)}
+    return {**base, **merge(out_dir, workload, arm)}
+
+
+def error_excerpt(texts: dict[str, str], limit: int = 600) -> str:
+    """The most telling lines of the ranks' output (gloo's what(), Python errors, signals)."""
+    keys = ("what():", "Error", "error", "Signal", "SIGABRT", "Killed", "mismatch")
+    lines = []
+    for host, text in texts.items():
+        for line in text.splitlines():
+            line = line.strip()
+            if any(k in line for k in keys) and "File " not in line and line not in lines:
+                lines.append(f"[{host}] {line}")
+    return " | ".join(lines)[:limit] or "no output"
+
+
+def merge(out_dir: Path, workload: str, arm: str) -> dict:
+    import json
+
+    recs = [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{workload}-{arm}-rank*.json"))]
+    host_a = next(r for r in recs if r["host"] == "a")
+    timed = host_a["timed_steps"]
+    curve = host_a["losses"]
+    tail = curve[-max(1, len(curve) // 5):]
+    wire = (host_a["tx_bytes"] + host_a["rx_bytes"]) / timed
+    ledger = host_a["ledger_bytes_per_step"]
+    return {
+        "status": "ok", "error": None,
+        "wire_bytes_per_step": wire,
+        "ledger_bytes_per_step": ledger,
+        "wire_over_ledger": wire / ledger if ledger else None,
+        "step_time_s": host_a["step_time_s"],
+        "final_loss": sum(tail) / len(tail),
+        "timed_steps": timed,
+        "params": host_a["params"],
+        "dense_bytes": host_a["dense_bytes"],
+        "losses": curve,
+    }
+
+
+def figures(results: list[dict]) -> dict:
+    """The ratios the project reports, from records of one run (None where an arm is missing)."""
+    by = {(r["workload"], r["arm"]): r for r in results if r["status"] == "ok"}
+
+    def ratio(workload, a, b, key):
+        ra, rb = by.get((workload, a)), by.get((workload, b))
+        return ra[key] / rb[key] if ra and rb and rb[key] else None
+
+    wire, time_ = "wire_bytes_per_step", "step_time_s"
+    return {
+        w: {
+            "powersgd_over_allreduce_wire": ratio(w, "powersgd", "allreduce", wire),
+            "powersgd_over_allreduce_time": ratio(w, "powersgd", "allreduce", time_),
+            "powersgd_over_torch_fp16_time": ratio(w, "powersgd", "torch_fp16", time_),
+            "powersgd_over_torch_powersgd_time": ratio(w, "powersgd", "torch_powersgd", time_),
+        }
+        for w in sorted({r["workload"] for r in results})
+    }
+
+
+def summary_line(payload: dict, path: str) -> str:
+    cfg = payload["config"]
+    parts = []
+    for r in payload["results"]:
+        if r["status"] == "ok":
+            parts.append(f"{r['workload']}/{r['arm']} {r['step_time_s']:.2f}s "
+                         f"{r['wire_bytes_per_step'] / 1e6:.2f}MB")
+        else:
+            parts.append(f"{r['workload']}/{r['arm']} ERROR")
+    return f"netbench {cfg['bandwidth'] or 'unshaped'}: " + ", ".join(parts) + f" -> {path}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        require_root()
+    except NetnsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    prepare(args.data)
+    results = []
+    with TwoHosts(args.bandwidth, args.delay) as net, tempfile.TemporaryDirectory() as tmp:
+        index = 0
+        for workload in args.workloads:
+            for arm in args.arms:
+                rec = run_arm(net, args, workload, arm, index, Path(tmp))
+                index += 1
+                results.append(rec)
+                status = "ok" if rec["status"] == "ok" else rec["error"][:200]
+                print(f"  {workload}/{arm}: {status}", file=sys.stderr, flush=True)
+    payload = {
+        "benchmark": "netbench",
+        "config": {
+            "bandwidth": args.bandwidth, "delay": args.delay, "quick": args.quick,
+            "arms": args.arms, "workloads": args.workloads,
+            "steps": {w: steps_for(args, w) for w in args.workloads},
+            "warmup_steps": args.warmup_steps, "rank": args.rank, "density": args.density,
+            "bits": args.bits, "seed": args.seed,
+            "command": "python -m benchmarks.netbench " + " ".join(argv or sys.argv[1:]),
+            "env": environment(),
+        },
+        "results": [{k: v for k, v in r.items() if k != "losses"} for r in results],
+        "curves": {f"{r['workload']}/{r['arm']}": r["losses"] for r in results if "losses" in r},
+    }
+    payload["figures"] = figures(payload["results"])
+    write_json(args.json, payload)
+    from benchmarks.netbench_report import plot
+
+    plot(payload, args.plot)
+    print(summary_line(payload, args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

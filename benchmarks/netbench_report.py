@@ -1,0 +1,123 @@
+"""Plots and README tables from ``benchmarks.netbench`` JSON (never typed by hand).
+
+    python -m benchmarks.netbench_report --readme README.md benchmarks/results/netbench*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+START, END = "<!-- netbench:start -->", "<!-- netbench:end -->"
+
+
+def plot(payload: dict, path: str) -> None:
+    """One row per workload: bytes/step (wire and ledger), step time, loss curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = payload["config"]["workloads"]
+    fig, axes = plt.subplots(len(workloads), 3, figsize=(16, 4.2 * len(workloads)), squeeze=False)
+    for row, w in zip(axes, workloads):
+        recs = [r for r in payload["results"] if r["workload"] == w]
+        names = [r["arm"] for r in recs]
+        ok = [r["status"] == "ok" for r in recs]
+        xs = range(len(recs))
+        wire = [r.get("wire_bytes_per_step") or 0 for r in recs]
+        ledger = [r.get("ledger_bytes_per_step") or 0 for r in recs]
+        row[0].bar([x - 0.2 for x in xs], [b / 1e6 for b in wire], 0.4, label="wire (veth)")
+        row[0].bar([x + 0.2 for x in xs], [b / 1e6 for b in ledger], 0.4, label="payload (ledger)")
+        row[0].set_yscale("symlog", linthresh=0.01)
+        row[0].set_ylabel("MB per step")
+        row[0].legend()
+        row[1].bar(xs, [r.get("step_time_s") or 0 for r in recs],
+                   color=["C0" if o else "red" for o in ok])
+        row[1].set_ylabel("median step time (s)")
+        for ax in row[:2]:
+            ax.set_xticks(list(xs), [n + ("" if o else "\n(error)") for n, o in zip(names, ok)],
+                         rotation=30, fontsize=8)
+        for r in recs:
+            curve = payload["curves"].get(f"{w}/{r['arm']}")
+            if curve:
+                row[2].plot(curve, label=r["arm"])
+        if not row[2].lines:
+            row[2].text(0.5, 0.5, "no loss curves", ha="center", transform=row[2].transAxes)
+        row[2].set_xlabel("step")
+        row[2].set_ylabel("training loss")
+        if row[2].lines:
+            row[2].legend(fontsize=7)
+        row[0].set_title(f"{w}: bandwidth {payload['config']['bandwidth'] or 'unshaped'}")
+    fig.tight_layout()
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _mb(v) -> str:
+    return "" if v is None else f"{v / 1e6:.3f}"
+
+
+def section(payload: dict, json_path: str) -> str:
+    cfg, env = payload["config"], payload["config"]["env"]
+    lines = [
+        f"**{cfg['bandwidth'] or 'unshaped'} link"
+        + (f", delay {cfg['delay']}" if cfg["delay"] else "")
+        + f"** — {env['cpus']}-core {env['machine']} CPU, torch {env['torch']}, 2 ranks "
+        f"(one per network namespace), gloo; steps {cfg['steps']} ({cfg['warmup_steps']} "
+        f"untimed). Command: `{cfg['command']}` → `{json_path}`",
+        "",
+        "| workload | arm | status | wire MB/step | payload MB/step | wire/payload "
+        "| step time (s) | final loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in payload["results"]:
+        if r["status"] == "ok":
+            ratio = "" if r["wire_over_ledger"] is None else f"{r['wire_over_ledger']:.2f}"
+            lines.append(
+                f"| {r['workload']} | {r['arm']} | ok | {_mb(r['wire_bytes_per_step'])} | "
+                f"{_mb(r['ledger_bytes_per_step'])} | {ratio} | {r['step_time_s']:.3f} | "
+                f"{r['final_loss']:.3f} |"
+            )
+        else:
+            err = r["error"].replace("|", "/")[:160]
+            lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} |")
+    figs = [
+        f"{w}: " + ", ".join(f"{k} = {v:.3f}" for k, v in f.items() if v is not None)
+        for w, f in payload["figures"].items()
+    ]
+    lines += ["", "Ratios (same run): " + "; ".join(figs)]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str, json_paths: list[str]) -> None:
+    """Replace the text between the netbench markers with tables from the JSON files."""
+    text = Path(readme).read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} block to regenerate")
+    blocks = []
+    for path in json_paths:
+        with open(path) as f:
+            blocks.append(section(json.load(f), os.path.relpath(path)))
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + START + "\n" + "\n\n".join(blocks) + "\n" + END + tail
+    tmp = Path(readme).with_suffix(".tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--readme", required=True)
+    p.add_argument("json", nargs="+")
+    args = p.parse_args()
+    update_readme(args.readme, args.json)
+
+
+if __name__ == "__main__":
+    main()

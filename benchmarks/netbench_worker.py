@@ -1,0 +1,146 @@
+"""One training rank of ``benchmarks.netbench`` (started by torchrun inside a namespace).
+
+Trains one workload with one arm for a fixed number of steps, reads its own veth counters around
+the timed steps and writes ``{out}/{workload}-{arm}-rank{R}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from benchmarks.workloads import WORKLOADS, dense_grad_bytes, parameter_count
+
+OUR_ARMS = {"powersgd", "topk", "qsgd"}
+ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "topk", "qsgd"]
+LR = {"lm": 1e-3, "cnn": 3e-3}
+
+
+def register_arm(model: DDP, arm: str, args) -> object | None:
+    """Attach the arm's communication hook; returns our CompressionState where there is one."""
+    if arm == "allreduce":
+        return None
+    if arm == "local":
+        from hooks import local_hook
+
+        model.register_comm_hook(None, local_hook)
+        return None
+    if arm == "torch_fp16":
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return None
+    if arm == "torch_powersgd":
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
+
+        # start_powerSGD_iter=2 is the smallest torch accepts with error feedback + warm start
+        state = ps.PowerSGDState(None, matrix_approximation_rank=args.rank, start_powerSGD_iter=2)
+        model.register_comm_hook(state, ps.powerSGD_hook)
+        return None
+    if arm in OUR_ARMS:
+        from hooks import CompressionState, compression_hook
+
+        state = CompressionState(model, arm, rank=args.rank, density=args.density,
+                                 bits=args.bits, timeout_s=args.timeout)
+        model.register_comm_hook(state, compression_hook)
+        return state
+    raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
+
+
+def iface_counters(iface: str | None) -> tuple[int, int]:
+    if not iface:
+        return 0, 0
+    base = Path("/sys/class/net") / iface / "statistics"
+    return int((base / "tx_bytes").read_text()), int((base / "rx_bytes").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
+    p.add_argument("--arm", required=True, choices=ARMS)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--density", type=float, default=0.01)
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=300.0)
+    args = p.parse_args()
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(args.seed)
+    workload = WORKLOADS[args.workload](args.data, seed=args.seed)
+    model = DDP(workload.model())
+    state = register_arm(model, args.arm, args)
+    opt = torch.optim.Adam(model.parameters(), lr=LR[args.workload])
+    iface = os.environ.get("NETBENCH_IFACE")
+
+    times, losses = [], []
+    for step in range(args.steps):
+        if step == args.warmup_steps:
+            dist.barrier()
+            before = iface_counters(iface)
+        start = time.perf_counter()
+        x, y = workload.batch(step, rank)
+        loss = workload.loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step >= args.warmup_steps:
+            times.append(time.perf_counter() - start)
+    dist.barrier()
+    after = iface_counters(iface)
+    timed = args.steps - args.warmup_steps
+
+    # slowest rank per step is the step time; mean loss over ranks (both after timing)
+    t = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    curve = torch.tensor(losses, dtype=torch.float64)
+    dist.all_reduce(curve)
+    curve /= world
+
+    ledger = None
+    if state is not None:
+        steps = range(args.warmup_steps, args.steps)
+        ledger = sum(state.ledger.step_bytes(s) for s in steps) / timed
+    elif args.arm == "allreduce":
+        ledger = dense_grad_bytes(model)  # DDP hands every gradient byte to all-reduce
+    elif args.arm == "torch_fp16":
+        ledger = dense_grad_bytes(model) / 2
+    elif args.arm == "local":
+        ledger = 0.0
+    record = {
+        "rank": rank,
+        "host": os.environ.get("NETBENCH_HOST"),
+        "tx_bytes": after[0] - before[0],
+        "rx_bytes": after[1] - before[1],
+        "timed_steps": timed,
+        "step_time_s": statistics.median(t.tolist()),
+        "losses": curve.tolist(),
+        "ledger_bytes_per_step": ledger,
+        "params": parameter_count(model),
+        "dense_bytes": dense_grad_bytes(model),
+    }
+    out = Path(args.out) / f"{args.workload}-{args.arm}-rank{rank}.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

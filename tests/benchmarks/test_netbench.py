@@ -1,0 +1,148 @@
+"""The measuring instrument itself: namespaces, counters, teardown and the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import netbench
+from benchmarks.netns import NetnsError, TwoHosts, list_namespaces, ours
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to create network namespaces (ip netns, veth, tc)"
+)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mine(pid: int | None = None) -> list[str]:
+    return [n for n in ours(list_namespaces()) if n.startswith(f"dcnb-{pid or os.getpid()}-")]
+
+
+def test_namespaces_are_created_and_removed():
+    with TwoHosts("100mbit") as net:
+        assert sorted(mine()) == sorted(net.ns.values())
+        qdisc = subprocess.run(net.command("a", ["tc", "qdisc", "show"]), capture_output=True,
+                               text=True).stdout
+        assert "tbf" in qdisc and "rate 100Mbit" in qdisc
+    assert mine() == []
+
+
+def test_delay_uses_netem_or_says_why_not():
+    try:
+        with TwoHosts("100mbit", delay="5ms") as net:
+            qdisc = subprocess.run(net.command("a", ["tc", "qdisc", "show"]),
+                                   capture_output=True, text=True).stdout
+            assert "netem" in qdisc and "tbf" in qdisc
+    except NetnsError as err:
+        assert "no netem qdisc" in str(err)
+        assert mine() == []
+        pytest.skip("this kernel has no sch_netem: --delay is refused with a clear message")
+    assert mine() == []
+
+
+def test_nothing_left_behind_after_a_failure():
+    with pytest.raises(RuntimeError, match="boom"), TwoHosts("100mbit"):
+        assert len(mine()) == 2
+        raise RuntimeError("boom")
+    assert mine() == []
+    with pytest.raises(NetnsError, match="bandwidth"):
+        with TwoHosts("fast"):  # bad rate: fails while building the link
+            pass
+    assert mine() == []
+
+
+def test_counters_move_by_what_crosses_the_link():
+    payload = 2_000_000
+    server = (
+        "import socket; s = socket.socket();"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+        "s.bind(('{addr}', 29399)); s.listen(1); c, _ = s.accept(); n = 0\n"
+        "while True:\n    b = c.recv(65536)\n    n += len(b)\n    if not b: break\nprint(n)"
+    )
+    with TwoHosts(None) as net:
+        before = net.counters("a")
+        srv = net.popen("b", [sys.executable, "-c", server.format(addr=net.addr["b"])],
+                        stdout=subprocess.PIPE, text=True)
+        client = (
+            "import socket, time\n"
+            "for _ in range(100):\n"
+            "    try:\n        s = socket.create_connection(('{addr}', 29399)); break\n"
+            "    except OSError: time.sleep(0.05)\n"
+            "s.sendall(b'x' * {n}); s.close()"
+        ).format(addr=net.addr["b"], n=payload)
+        subprocess.run(net.command("a", [sys.executable, "-c", client]), check=True, timeout=60)
+        out, _ = srv.communicate(timeout=60)
+        tx, rx = (after - b for after, b in zip(net.counters("a"), before))
+    assert int(out) == payload
+    assert payload <= tx < 1.1 * payload  # payload plus TCP/IP headers
+    assert 0 < rx < 0.1 * payload  # acknowledgements
+
+
+def test_tiny_run_writes_valid_json(tmp_path):
+    out = tmp_path / "nb.json"
+    rc = netbench.main([
+        "--workloads", "cnn", "--arms", "local,allreduce,powersgd,topk", "--steps", "3",
+        "--warmup-steps", "1", "--json", str(out), "--data", str(REPO / "bench-results" / "data"),
+    ])
+    assert rc == 0
+    payload = json.loads(out.read_text())
+    assert payload["config"]["steps"] == {"cnn": 3}
+    recs = {r["arm"]: r for r in payload["results"]}
+    assert set(recs) == {"local", "allreduce", "powersgd", "topk"}
+    for arm, r in recs.items():
+        assert r["status"] == "ok", r
+        for key in ("wire_bytes_per_step", "ledger_bytes_per_step", "step_time_s", "final_loss"):
+            assert isinstance(r[key], float | int), (arm, key)
+        assert r["steps"] == 3 and r["timed_steps"] == 2
+        assert len(payload["curves"][f"cnn/{arm}"]) == 3
+    assert recs["local"]["wire_bytes_per_step"] < 10_000  # only barriers cross the link
+    dense = recs["allreduce"]["dense_bytes"]
+    # 2 ranks, ring all-reduce: each side sends and receives the whole gradient once
+    assert 2 * dense < recs["allreduce"]["wire_bytes_per_step"] < 2.4 * dense
+    assert recs["powersgd"]["wire_bytes_per_step"] < 0.1 * recs["allreduce"]["wire_bytes_per_step"]
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert mine() == []
+
+
+def test_a_crashing_arm_is_recorded_not_hidden(tmp_path):
+    out = tmp_path / "nb.json"
+    rc = netbench.main([
+        "--workloads", "cnn", "--arms", "powersgd", "--steps", "2", "--warmup-steps", "1",
+        "--rank", "0", "--json", str(out), "--data", str(REPO / "bench-results" / "data"),
+    ])
+    assert rc == 0
+    (rec,) = json.loads(out.read_text())["results"]
+    assert rec["status"] == "error" and "rank must be an integer >= 1" in rec["error"], rec
+
+
+def test_sigterm_tears_the_namespaces_down(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.netbench", "--workloads", "cnn", "--arms", "allreduce",
+         "--steps", "500", "--json", str(tmp_path / "x.json"),
+         "--data", str(REPO / "bench-results" / "data")],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not mine(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert mine(proc.pid), "namespaces never appeared"
+    time.sleep(3)  # let the ranks start inside them
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    assert mine(proc.pid) == []
+    assert not (tmp_path / "x.json").exists()  # no half-written output
+
+
+def test_refuses_without_root_with_a_clear_message(monkeypatch, capsys):
+    # an unprivileged user cannot run this interpreter here (root's home), so pretend the uid
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert netbench.main(["--quick"]) == 2
+    assert "needs root" in capsys.readouterr().err
+    assert mine() == []
