@@ -41,11 +41,15 @@ demo: venv
 RESULTS := benchmarks/results
 bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.compressors --json $(RESULTS)/compressors.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --json $(RESULTS)/netbench.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --bandwidth none \
-	  --arms local,allreduce,torch_fp16,torch_powersgd,powersgd --json $(RESULTS)/netbench-unshaped.json
-	$(BIN)/python -m benchmarks.netbench_report --readme README.md \
-	  $(RESULTS)/netbench.json $(RESULTS)/netbench-unshaped.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --json $(RESULTS)/netbench.json \
+	  --arms local,allreduce,torch_fp16,torch_powersgd,powersgd,topk,qsgd
+	$(RUN) $(BIN)/python -m benchmarks.netbench --bandwidth none --json $(RESULTS)/netbench-unshaped.json \
+	  --arms local,allreduce,torch_fp16,torch_powersgd,powersgd
+	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco.json \
+	  --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd_wide,topk,lgreco_topk,qsgd,lgreco_qsgd
+	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \
+	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-lgreco.json
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache *.egg-info

@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 
 from benchmarks.common import environment, write_json
-from benchmarks.netbench_worker import ARMS
+from benchmarks.netbench_worker import ARMS, LGRECO_ARMS
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 from benchmarks.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
+LGRECO_BASE = [(arm, family) for arm, (family, _) in LGRECO_ARMS.items()]
 STEPS = {"full": {"lm": 50, "cnn": 200}, "quick": {"lm": 7, "cnn": 16}}
 
 
@@ -45,7 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, default=4, help="QSGD bits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arm-timeout", type=float, default=None,
-                   help="seconds before an arm counts as hung (default 150 quick, 900 full)")
+                   help="seconds an arm may take in all (default 300 quick, 1800 full)")
+    p.add_argument("--stall-timeout", type=float, default=90.0,
+                   help="seconds without a finished step (or without starting) = hung")
     p.add_argument("--data", default=str(REPO / "bench-results" / "data"))
     p.add_argument("--json", default=str(REPO / "bench-results" / "netbench.json"))
     p.add_argument("--plot", default=None, help="PNG path (default: next to the JSON)")
@@ -60,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--steps must exceed --warmup-steps")
     args.bandwidth = None if args.bandwidth.lower() == "none" else args.bandwidth
     if args.arm_timeout is None:
-        args.arm_timeout = 150.0 if args.quick else 900.0
+        args.arm_timeout = 300.0 if args.quick else 1800.0
     args.plot = args.plot or str(Path(args.json).with_suffix(".png"))
     return args
 
@@ -87,17 +90,13 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
             f"--out={out_dir}", f"--steps={steps}", f"--warmup-steps={args.warmup_steps}",
             f"--rank={args.rank}", f"--density={args.density}", f"--bits={args.bits}",
             f"--seed={args.seed}", f"--timeout={args.arm_timeout}",
+            f"--lgreco-warmup={max(2, args.warmup_steps)}",
+            f"--lgreco-period={max(2, (steps - args.warmup_steps) // 3)}", "--lgreco-window=2",
         ]
         logs[host] = open(out_dir / f"{workload}-{arm}-{host}.log", "w+")
         procs[host] = net.popen(host, cmd, env=env, cwd=REPO, stdout=logs[host],
                                 stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + args.arm_timeout
-    hung = False
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            hung = True
+    hung = watch(procs, out_dir, f"{workload}-{arm}-rank*.progress", args)
     for proc in procs.values():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -109,13 +108,31 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
         f.close()
     base = {"workload": workload, "arm": arm, "steps": steps}
     if hung:
-        return {**base, "status": "error",
-                "error": f"hang: no result after {args.arm_timeout:.0f}s, killed. "
-                + error_excerpt(texts)}
+        why = f"hang: {hung}, killed. "
+        return {**base, "status": "error", "error": why + error_excerpt(texts)}
     codes = {h: p.returncode for h, p in procs.items()}
     if any(codes.values()):
         return {**base, "status": "error", "error": f"exit codes {codes}: " + error_excerpt(texts)}
     return {**base, **merge(out_dir, workload, arm)}
+
+
+def watch(procs: dict, out_dir: Path, pattern: str, args) -> str | None:
+    """Wait for both ranks; return why the arm counts as hung (None if both exited): no step
+    finished for ``--stall-timeout`` seconds (ranks write a heartbeat file every step), or the
+    whole arm ran past ``--arm-timeout``."""
+    start = time.monotonic()
+    while any(p.poll() is None for p in procs.values()):
+        now = time.monotonic()
+        if now - start > args.arm_timeout:
+            return f"still running after {args.arm_timeout:.0f}s"
+        beats = [f.stat().st_mtime for f in out_dir.glob(pattern)]
+        last = max(beats) if beats else None
+        silent = time.time() - last if last is not None else now - start
+        if silent > args.stall_timeout:
+            steps = [f.read_text() for f in out_dir.glob(pattern)]
+            return f"no step finished for {args.stall_timeout:.0f}s (last steps started: {steps})"
+        time.sleep(0.5)
+    return None
 
 
 def error_excerpt(texts: dict[str, str], limit: int = 600) -> str:
@@ -150,7 +167,9 @@ def merge(out_dir: Path, workload: str, arm: str) -> dict:
         "timed_steps": timed,
         "params": host_a["params"],
         "dense_bytes": host_a["dense_bytes"],
+        "error_ratio": host_a.get("error_ratio"),
         "losses": curve,
+        "plans": host_a.get("plans"),
     }
 
 
@@ -169,6 +188,8 @@ def figures(results: list[dict]) -> dict:
             "powersgd_over_allreduce_time": ratio(w, "powersgd", "allreduce", time_),
             "powersgd_over_torch_fp16_time": ratio(w, "powersgd", "torch_fp16", time_),
             "powersgd_over_torch_powersgd_time": ratio(w, "powersgd", "torch_powersgd", time_),
+            **{f"{lg}_over_{base}_wire": ratio(w, lg, base, wire) for lg, base in LGRECO_BASE},
+            **{f"{lg}_over_{base}_time": ratio(w, lg, base, time_) for lg, base in LGRECO_BASE},
         }
         for w in sorted({r["workload"] for r in results})
     }
@@ -215,8 +236,10 @@ def main(argv=None) -> int:
             "command": "python -m benchmarks.netbench " + " ".join(argv or sys.argv[1:]),
             "env": environment(),
         },
-        "results": [{k: v for k, v in r.items() if k != "losses"} for r in results],
+        "results": [{k: v for k, v in r.items() if k not in ("losses", "plans")}
+                    for r in results],
         "curves": {f"{r['workload']}/{r['arm']}": r["losses"] for r in results if "losses" in r},
+        "plans": {f"{r['workload']}/{r['arm']}": r["plans"] for r in results if r.get("plans")},
     }
     payload["figures"] = figures(payload["results"])
     write_json(args.json, payload)

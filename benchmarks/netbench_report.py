@@ -52,14 +52,46 @@ def plot(payload: dict, path: str) -> None:
             row[2].legend(fontsize=7)
         row[0].set_title(f"{w}: bandwidth {payload['config']['bandwidth'] or 'unshaped'}")
     fig.tight_layout()
+    _save(fig, path)
+    if payload.get("plans"):
+        plot_plans(payload, str(Path(path).with_name(Path(path).stem + "-plans.png")))
+
+
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
     tmp = f"{path}.tmp.png"
     fig.savefig(tmp, dpi=80)
     plt.close(fig)
     os.replace(tmp, path)
 
 
+def plot_plans(payload: dict, path: str) -> None:
+    """Each L-GreCo arm: the setting every layer got at every re-plan (a heat map)."""
+    import matplotlib.pyplot as plt
+
+    arms = sorted(payload["plans"])
+    fig, axes = plt.subplots(1, len(arms), figsize=(5 * len(arms), 9), squeeze=False)
+    for ax, name in zip(axes[0], arms):
+        plans = payload["plans"][name]
+        layers = sorted(plans[0]["settings"])
+        grid = [[p["settings"][k] for p in plans] for k in layers]
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_xticks(range(len(plans)), [str(p["step"]) for p in plans])
+        ax.set_yticks(range(len(layers)), layers, fontsize=5)
+        ax.set_xlabel("plan at step")
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _mb(v) -> str:
     return "" if v is None else f"{v / 1e6:.3f}"
+
+
+def _fmt(v, spec: str) -> str:
+    return "" if v is None else format(v, spec)
 
 
 def section(payload: dict, json_path: str) -> str:
@@ -72,20 +104,20 @@ def section(payload: dict, json_path: str) -> str:
         f"untimed). Command: `{cfg['command']}` → `{json_path}`",
         "",
         "| workload | arm | status | wire MB/step | payload MB/step | wire/payload "
-        "| step time (s) | final loss |",
-        "|---|---|---|---|---|---|---|---|",
+        "| step time (s) | final loss | error ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["results"]:
         if r["status"] == "ok":
-            ratio = "" if r["wire_over_ledger"] is None else f"{r['wire_over_ledger']:.2f}"
-            lines.append(
-                f"| {r['workload']} | {r['arm']} | ok | {_mb(r['wire_bytes_per_step'])} | "
-                f"{_mb(r['ledger_bytes_per_step'])} | {ratio} | {r['step_time_s']:.3f} | "
-                f"{r['final_loss']:.3f} |"
-            )
+            cells = [
+                _mb(r["wire_bytes_per_step"]), _mb(r["ledger_bytes_per_step"]),
+                _fmt(r["wire_over_ledger"], ".2f"), _fmt(r["step_time_s"], ".3f"),
+                _fmt(r["final_loss"], ".3f"), _fmt(r.get("error_ratio"), ".3f"),
+            ]
+            lines.append(f"| {r['workload']} | {r['arm']} | ok | " + " | ".join(cells) + " |")
         else:
             err = r["error"].replace("|", "/")[:160]
-            lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} |")
+            lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} | |")
     figs = [
         f"{w}: " + ", ".join(f"{k} = {v:.3f}" for k, v in f.items() if v is not None)
         for w, f in payload["figures"].items()

@@ -21,7 +21,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from benchmarks.workloads import WORKLOADS, dense_grad_bytes, parameter_count
 
 OUR_ARMS = {"powersgd", "topk", "qsgd"}
-ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "topk", "qsgd"]
+# L-GreCo arms: family, (gamma, beta) of the PowerSGD candidate ranks
+LGRECO_ARMS = {
+    "lgreco_powersgd": ("powersgd", (0.5, 2.0)),
+    "lgreco_powersgd_wide": ("powersgd", (0.25, 4.0)),
+    "lgreco_topk": ("topk", (0.5, 2.0)),
+    "lgreco_qsgd": ("qsgd", (0.5, 2.0)),
+}
+ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "topk", "qsgd",
+        *LGRECO_ARMS]
 LR = {"lm": 1e-3, "cnn": 3e-3}
 
 
@@ -53,6 +61,16 @@ def register_arm(model: DDP, arm: str, args) -> object | None:
                                  bits=args.bits, timeout_s=args.timeout)
         model.register_comm_hook(state, compression_hook)
         return state
+    if arm in LGRECO_ARMS:
+        from hooks import LGreCoState, lgreco_hook
+
+        family, (gamma, beta) = LGRECO_ARMS[arm]
+        plan = {"warmup_steps": args.lgreco_warmup, "period": args.lgreco_period,
+                "window": args.lgreco_window, "gamma": gamma, "beta": beta}
+        state = LGreCoState(model, family, rank=args.rank, density=args.density, bits=args.bits,
+                            timeout_s=args.timeout, lgreco=plan)
+        model.register_comm_hook(state, lgreco_hook)
+        return state
     raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
 
 
@@ -76,6 +94,9 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--lgreco-warmup", type=int, default=3)
+    p.add_argument("--lgreco-period", type=int, default=20)
+    p.add_argument("--lgreco-window", type=int, default=2)
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -89,7 +110,9 @@ def main() -> None:
     iface = os.environ.get("NETBENCH_IFACE")
 
     times, losses = [], []
+    heartbeat = Path(args.out) / f"{args.workload}-{args.arm}-rank{rank}.progress"
     for step in range(args.steps):
+        heartbeat.write_text(str(step))  # the parent treats a silent heartbeat as a hang
         if step == args.warmup_steps:
             dist.barrier()
             before = iface_counters(iface)
@@ -135,6 +158,10 @@ def main() -> None:
         "params": parameter_count(model),
         "dense_bytes": dense_grad_bytes(model),
     }
+    lgreco = getattr(getattr(state, "reducer", None), "lgreco", None)
+    if lgreco is not None:
+        record["error_ratio"] = lgreco.error_ratio
+        record["plans"] = [{"step": p["step"], "settings": p["settings"]} for p in lgreco.plans]
     out = Path(args.out) / f"{args.workload}-{args.arm}-rank{rank}.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))

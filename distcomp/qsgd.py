@@ -65,6 +65,7 @@ class QSGD(GatherCompressor):
         buckets = padded.view(nbuckets, self.bucket_size)
         magnitude = buckets.abs()
         scale = magnitude.amax(dim=1) if self.norm == "max" else buckets.norm(dim=1)
+        scale = scale.float().to(dtype)  # the decoder sees the fp32 scale: quantise against it
         levels = (1 << (bits - 1)) - 1
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         scaled = magnitude.mul_(levels / safe.unsqueeze(1)).clamp_(0, levels)

@@ -21,6 +21,7 @@ Per bucket, with W ranks:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ from distcomp.comm import Comm
 from distcomp.compressor import FP32_BYTES, GatherCompressor
 from distcomp.config import CompressionConfig
 from distcomp.ledger import CONTROL_KEY, ByteLedger
+from distcomp.lgreco import LGreCo, LGreCoConfig
 from distcomp.powersgd import as_matrix, orthogonalize
 
 
@@ -50,18 +52,24 @@ class CompressedReducer:
       qs: key -> PowerSGD warm-start Q (m, r), identical on every rank.
       ledger: bytes contributed to collectives.
       nonfinite_buckets: buckets that fell back to a dense all-reduce because of inf/NaN.
+      lgreco: the adaptive planner (None: uniform settings); it rewrites ``settings``.
     """
 
-    def __init__(self, config: CompressionConfig, rank: int = 0):
+    def __init__(self, config: CompressionConfig, rank: int = 0,
+                 lgreco: LGreCoConfig | None = None):
         self.config = config
         self.compressor = config.compressor()
         self.rank = rank
+        self.lgreco = None
+        if lgreco is not None:
+            self.lgreco = LGreCo(lgreco, self.compressor, self.compressor.validate_setting(
+                config.setting), config.min_compression_rate)
+        self._planned_step: int | None = None
         self.settings: dict[str, float] = {}
         self.residuals: dict[str, torch.Tensor] = {}
         self.qs: dict[str, torch.Tensor] = {}
         self.ledger = ByteLedger()
         self.nonfinite_buckets = 0
-        self._generators: dict[str, torch.Generator] = {}
 
     # -- per-tensor decisions ------------------------------------------------------------------
     def setting_for(self, key: str, shape: torch.Size) -> float | None:
@@ -71,14 +79,15 @@ class CompressedReducer:
             return setting
         return None
 
-    def generator(self, device: torch.device) -> torch.Generator:
-        """Per-device RNG for stochastic rounding; rank-dependent, checkpointed."""
-        name = str(device)
-        if name not in self._generators:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.config.seed * 7919 + self.rank + 1)
-            self._generators[name] = gen
-        return self._generators[name]
+    def generator(self, key: str, step: int, device: torch.device) -> torch.Generator:
+        """RNG for the stochastic rounding of one tensor in one step, seeded by (seed, rank,
+        step, key): the random numbers do not depend on how DDP groups tensors into buckets
+        (it regroups them after the first step, and again in a resumed run), so a resumed run
+        repeats the original bit for bit without any RNG state in the checkpoint."""
+        mix = (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + step
+        gen = torch.Generator(device=device)
+        gen.manual_seed((mix * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
+        return gen
 
     # -- the reduction ------------------------------------------------------------------------
     def reduce(self, grads: list[torch.Tensor], keys: list[str], comm: Comm, step: int) -> None:
@@ -90,6 +99,12 @@ class CompressedReducer:
         if step < self.config.warmup_steps:
             self._dense(grads, keys, comm, step)
             return
+        if self.lgreco is not None and self._planned_step != step:
+            if self.lgreco.plan_steps_due(step):
+                device = grads[0].device
+                self.settings.update(
+                    self.lgreco.plan(step, lambda t: self._mean(t.to(device), comm, step)))
+            self._planned_step = step
         slots = [_Slot(k, g, self.setting_for(k, g.shape)) for k, g in zip(keys, grads)]
         if all(s.setting is None for s in slots):
             self._dense(grads, keys, comm, step)
@@ -108,11 +123,20 @@ class CompressedReducer:
         if not ok:
             self.nonfinite_buckets += 1
             self._dense(grads, keys, comm, step)
+        elif self.lgreco is not None:  # statistics only from finite, successful steps
+            for s, x in zip(comp, inputs):
+                self.lgreco.observe(s.key, x, step)
+
+    def _mean(self, t: torch.Tensor, comm: Comm, step: int) -> torch.Tensor:
+        """Average a small statistics tensor over ranks (L-GreCo's error table)."""
+        comm.all_reduce_sum(t).wait()
+        self.ledger.record(step, CONTROL_KEY, t.numel() * t.element_size(), "allreduce")
+        return (t / comm.world_size).cpu()
 
     def _compensated(self, slot: _Slot) -> torch.Tensor:
         x = slot.grad.detach().to(torch.float32, copy=True)
         if self.config.error_feedback and slot.key in self.residuals:
-            x += self.residuals[slot.key]
+            x += self.residuals[slot.key].to(x.device)
         return x
 
     def _set_residual(self, slot: _Slot, residual: torch.Tensor) -> None:
@@ -135,10 +159,11 @@ class CompressedReducer:
         return offset
 
     def _dense(self, grads: list[torch.Tensor], keys: list[str], comm: Comm, step: int) -> None:
-        """Plain averaging all-reduce of the tensors in their own dtype, fused into one buffer."""
+        """Plain averaging all-reduce of the tensors in their own dtype, fused into one buffer
+        (divided before the sum, as DDP does, so fp16 sums do not overflow)."""
         flat = torch.cat([g.detach().reshape(-1) for g in grads])
-        comm.all_reduce_sum(flat).wait()
         flat /= comm.world_size
+        comm.all_reduce_sum(flat).wait()
         offset = 0
         for k, g in zip(keys, grads):
             n = g.numel()
@@ -153,7 +178,9 @@ class CompressedReducer:
         for s, m in zip(comp, ms):
             r = self.compressor.effective_rank(s.grad.shape, s.setting)
             q = self.qs.get(s.key)
-            if q is None or q.shape != (m.shape[1], r) or q.device != m.device:
+            if q is not None:
+                q = q.to(m.device)
+            if q is None or q.shape != (m.shape[1], r):
                 q = self.compressor.initial_q(s.grad.shape, r, self.config.seed, s.key, m.device)
             qs.append(q)
         ps = [m @ q for m, q in zip(ms, qs)]
@@ -180,9 +207,9 @@ class CompressedReducer:
 
     def _reduce_gather(self, dense, comp, inputs, nonfinite, comm: Comm, step: int) -> bool:
         world = comm.world_size
-        gen = self.generator(inputs[0].device)
         payloads = [
-            self.compressor.encode(x.reshape(-1), s.setting, gen) for s, x in zip(comp, inputs)
+            self.compressor.encode(x.reshape(-1), s.setting, self.generator(s.key, step, x.device))
+            for s, x in zip(comp, inputs)
         ]
         dense_handle = comm.all_reduce_sum(self._dense_fused(dense, [], nonfinite))
         gather_handle = comm.all_gather(torch.cat(payloads))
@@ -211,25 +238,26 @@ class CompressedReducer:
             "settings": dict(self.settings),
             "residuals": {k: v.clone() for k, v in self.residuals.items()},
             "qs": {k: v.clone() for k, v in self.qs.items()},
-            "generators": {k: g.get_state() for k, g in self._generators.items()},
             "ledger": self.ledger.state_dict(),
             "nonfinite_buckets": self.nonfinite_buckets,
+            "lgreco": None if self.lgreco is None else self.lgreco.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        saved = CompressionConfig.from_dict(state["config"])
-        if saved.method != self.config.method:
+        saved = CompressionConfig.from_dict(state["config"]).to_dict()
+        mine = self.config.to_dict()
+        differ = [k for k in mine if k != "timeout_s" and saved[k] != mine[k]]
+        if differ:
             raise ValueError(
-                f"checkpoint was made with method {saved.method!r}, "
-                f"this reducer uses {self.config.method!r}"
+                "checkpoint was made with other compression settings: "
+                + ", ".join(f"{k}={saved[k]!r} (now {mine[k]!r})" for k in differ)
             )
         self.settings = dict(state["settings"])
         self.residuals = {k: v.clone() for k, v in state["residuals"].items()}
         self.qs = {k: v.clone() for k, v in state["qs"].items()}
-        self._generators = {}
-        for name, gen_state in state["generators"].items():
-            gen = torch.Generator(device=name)
-            gen.set_state(gen_state)
-            self._generators[name] = gen
         self.ledger.load_state_dict(state["ledger"])
         self.nonfinite_buckets = int(state["nonfinite_buckets"])
+        if (state.get("lgreco") is None) != (self.lgreco is None):
+            raise ValueError("checkpoint and reducer disagree on adaptive (L-GreCo) planning")
+        if self.lgreco is not None:
+            self.lgreco.load_state_dict(state["lgreco"])

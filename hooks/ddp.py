@@ -25,6 +25,7 @@ from torch import nn
 from distcomp.comm import TorchComm
 from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
+from distcomp.lgreco import LGreCoConfig
 from distcomp.reducer import CompressedReducer
 
 
@@ -40,6 +41,9 @@ class CompressionState:
       method, **options: see :class:`distcomp.config.CompressionConfig` (rank, density, bits,
         error_feedback, min_compression_rate, warmup_steps, seed, timeout_s, ...).
       process_group: group for the compressed collectives; default: a new group over all ranks.
+      lgreco: an :class:`~distcomp.lgreco.LGreCoConfig` (or a dict of its fields) to re-plan
+        every layer's setting adaptively with the uniform setting as the error budget; None
+        (default) keeps the uniform setting. See :class:`hooks.lgreco.LGreCoState`.
 
     Fields:
       config: the validated configuration.
@@ -55,15 +59,20 @@ class CompressionState:
         method: str = "powersgd",
         *,
         process_group: "dist.ProcessGroup | None" = None,
+        lgreco: "LGreCoConfig | dict | None" = None,
         **options,
     ):
         self.config = CompressionConfig.from_dict({"method": method, **options})
+        if isinstance(lgreco, dict):
+            lgreco = LGreCoConfig.from_dict(lgreco)
+        if lgreco is not None and not isinstance(lgreco, LGreCoConfig):
+            raise ValueError(f"lgreco must be an LGreCoConfig, a dict or None, got {lgreco!r}")
         module = model.module if hasattr(model, "module") else model
         self._names = {id(p): name for name, p in module.named_parameters()}
         if process_group is None:
             process_group = dist.new_group(backend=dist.get_backend())
         self.process_group = process_group
-        self.reducer = CompressedReducer(self.config, rank=dist.get_rank())
+        self.reducer = CompressedReducer(self.config, rank=dist.get_rank(), lgreco=lgreco)
         self.step = 0
         self._start_worker()
 
@@ -71,8 +80,17 @@ class CompressionState:
         self._comm = TorchComm(self.process_group, self.config.timeout_s)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distcomp-comm")
 
+    def attach(self, process_group: "dist.ProcessGroup | None" = None) -> None:
+        """Re-attach an unpickled state to a process group (pickling drops groups and threads)."""
+        if process_group is None:
+            process_group = dist.new_group(backend=dist.get_backend())
+        self.process_group = process_group
+        self._start_worker()
+
     @property
     def ledger(self) -> ByteLedger:
+        """The byte ledger, once every bucket handed to the worker so far is counted."""
+        self.drain()
         return self.reducer.ledger
 
     def key(self, param: torch.Tensor) -> str:
@@ -82,6 +100,13 @@ class CompressionState:
             raise ValueError(
                 "a bucket holds a parameter that is not in the model given to CompressionState"
             ) from None
+
+    def plan(self) -> list[dict]:
+        """Per-layer table of the latest adaptive plan: name, shape, setting, bytes, error (and
+        the uniform setting's bytes and error); empty for uniform compression or before the
+        first plan."""
+        self.drain()
+        return [] if self.reducer.lgreco is None else list(self.reducer.lgreco.rows)
 
     def submit(self, fn) -> None:
         """Run ``fn`` on this state's communication thread (FIFO)."""

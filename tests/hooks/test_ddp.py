@@ -239,13 +239,17 @@ def test_state_dict_resume_is_bit_identical():
             assert r[method + "_residuals"] > 0
 
 
-def test_state_dict_rejects_another_method():
+def test_state_dict_rejects_other_settings():
     from distcomp import CompressedReducer, CompressionConfig
 
     a = CompressedReducer(CompressionConfig("topk"))
     b = CompressedReducer(CompressionConfig("qsgd"))
     with pytest.raises(ValueError, match="method"):
         b.load_state_dict(a.state_dict())
+    c = CompressedReducer(CompressionConfig("topk", seed=1))
+    with pytest.raises(ValueError, match="seed"):
+        c.load_state_dict(a.state_dict())
+    CompressedReducer(CompressionConfig("topk", timeout_s=5)).load_state_dict(a.state_dict())
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+"""The adaptive (L-GreCo) variant of the compression hook: same state + function shape.
+
+    state = LGreCoState(ddp_model, "powersgd", rank=4, lgreco={"period": 500})
+    ddp_model.register_comm_hook(state, lgreco_hook)
+    ...
+    for row in state.plan():  # per-layer table for logging
+        print(row["name"], row["setting"], row["bytes"], row["error"])
+
+The uniform setting (rank / density / bits) is the budget: each plan minimises bytes while the
+total compression error stays <= alpha x what the uniform setting would cause.
+"""
+
+import torch.distributed as dist
+from torch import nn
+
+from distcomp.lgreco import LGreCoConfig
+from hooks.ddp import CompressionState, compression_hook
+
+
+class LGreCoState(CompressionState):
+    """:class:`~hooks.ddp.CompressionState` with adaptive planning on by default.
+
+    lgreco: :class:`~distcomp.lgreco.LGreCoConfig` or a dict of its fields (warmup_steps,
+    period, window, alpha, gamma, beta, topk_span, topk_points, qsgd_bits, bins).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str = "powersgd",
+        *,
+        process_group: "dist.ProcessGroup | None" = None,
+        lgreco: "LGreCoConfig | dict | None" = None,
+        **options,
+    ):
+        super().__init__(model, method, process_group=process_group,
+                         lgreco=LGreCoConfig() if lgreco is None else lgreco, **options)
+
+
+lgreco_hook = compression_hook

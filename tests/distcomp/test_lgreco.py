@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+
+from distcomp import get_compressor
+from distcomp.lgreco import (
+    LGreCo,
+    LGreCoConfig,
+    candidate_errors,
+    candidates,
+    qsgd_expected_error,
+)
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_powersgd_candidates_follow_gamma_beta_and_the_shape():
+    ps = get_compressor("powersgd")
+    cfg = LGreCoConfig()
+    assert candidates(ps, cfg, torch.Size([256, 512]), 4, 1.0) == [2, 3, 4, 5, 6, 7, 8]
+    wide = LGreCoConfig(gamma=0.25, beta=4)
+    assert candidates(ps, wide, torch.Size([256, 512]), 4, 1.0) == list(range(1, 17))
+    assert max(candidates(ps, cfg, torch.Size([6, 512]), 4, 0.0)) <= 6  # capped by the shape
+    # only settings that still save bytes: 4 r (n + m) < 4 n m
+    assert candidates(ps, cfg, torch.Size([16, 16]), 4, 1.0) == [2, 3, 4, 5, 6, 7]
+
+
+def test_topk_and_qsgd_candidates():
+    tk, qs = get_compressor("topk"), get_compressor("qsgd")
+    cfg = LGreCoConfig()
+    dens = candidates(tk, cfg, torch.Size([512, 512]), 0.01, 1.0)
+    assert len(dens) == 9 and math.isclose(dens[0], 0.0025) and math.isclose(dens[-1], 0.04)
+    assert 0.01 in dens
+    assert all(math.isclose(b / a, dens[1] / dens[0]) for a, b in zip(dens, dens[1:]))  # log grid
+    assert candidates(qs, cfg, torch.Size([512, 512]), 4, 1.0) == [2, 3, 4, 6, 8]
+
+
+def test_powersgd_error_is_the_svd_tail():
+    g = randn(40, 30)
+    errs = candidate_errors(get_compressor("powersgd"), g, [1, 5, 30])
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    for r, e in zip([1, 5, 30], errs):
+        best = (u[:, :r] * s[:r]) @ vh[:r]
+        assert math.isclose(e, float((g - best).norm()), rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_topk_error_matches_the_compressor():
+    tk = get_compressor("topk")
+    g = randn(50, 20)
+    for d, e in zip([0.01, 0.1, 0.5], candidate_errors(tk, g, [0.01, 0.1, 0.5])):
+        assert math.isclose(e, float((g - tk.roundtrip(g, d)).norm()), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["max", "l2"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_qsgd_expected_error_matches_sampling(bits, norm):
+    qs = get_compressor("qsgd", bucket_size=64, norm=norm)
+    g = randn(32, 32, seed=bits)
+    gen = torch.Generator().manual_seed(0)
+    mse = sum(float((qs.roundtrip(g, bits, gen) - g).pow(2).sum()) for _ in range(400)) / 400
+    assert math.isclose(qsgd_expected_error(g, bits, 64, norm), math.sqrt(mse), rel_tol=0.05)
+
+
+def test_schedule():
+    lg = LGreCo(LGreCoConfig(warmup_steps=10, period=20, window=3), get_compressor("topk"),
+                0.01, 1.0)
+    assert [s for s in range(60) if lg.in_window(s)] == [7, 8, 9, 27, 28, 29, 47, 48, 49]
+    assert [s for s in range(60) if lg.plan_steps_due(s)] == [10, 30, 50]
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": float("inf")}, "alpha"),
+        ({"gamma": 0.0}, "gamma"),
+        ({"gamma": 3.0, "beta": 2.0}, "beta"),
+        ({"qsgd_bits": (1, 4)}, "qsgd_bits"),
+        ({"qsgd_bits": ()}, "qsgd_bits"),
+        ({"window": 10, "warmup_steps": 5}, "warmup_steps"),
+        ({"period": 0}, "period"),
+        ({"bins": 0}, "bins"),
+        ({"topk_span": 1.0}, "topk_span"),
+        ({"beta": float("inf")}, "beta"),
+        ({"alpha": True}, "alpha"),
+        ({"window": 6, "period": 5, "warmup_steps": 6}, "period"),
+    ],
+)
+def test_invalid_configs_raise(options, match):
+    with pytest.raises(ValueError, match=match):
+        LGreCoConfig(**options)
+
+
+def test_large_matrices_use_the_randomized_tail_accurately():
+    u = randn(300, 12) @ torch.diag(torch.logspace(1, -1, 12)) @ randn(12, 200, seed=1)
+    g = u + 0.05 * randn(300, 200, seed=2)
+    errs = candidate_errors(get_compressor("powersgd"), g, [2, 4, 8])
+    s2 = torch.linalg.svdvals(g).double().pow(2)
+    for r, e in zip([2, 4, 8], errs):
+        assert math.isclose(e, float(s2[r:].sum().sqrt()), rel_tol=1e-3)

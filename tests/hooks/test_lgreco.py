@@ -1,0 +1,127 @@
+"""L-GreCo on real 2-rank gloo process groups: identical plans, budget kept, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from hooks import LGreCoState, lgreco_hook
+from tests.models import Teacher
+from tests.multiproc import run_ranks
+
+SETTINGS = {"powersgd": {"rank": 4}, "topk": {"density": 0.02}, "qsgd": {"bits": 4}}
+PLAN = {"warmup_steps": 3, "period": 4, "window": 2}
+
+
+def _model():
+    # layers of very different shapes, so the best per-layer settings differ
+    return nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _make(method):
+    torch.manual_seed(0)
+    model = DDP(_model(), bucket_cap_mb=0.1)
+    state = LGreCoState(model, method, lgreco=PLAN, **SETTINGS[method])
+    model.register_comm_hook(state, lgreco_hook)
+    return model, state, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+
+def _steps(model, opt, rank, start, n):
+    teacher = Teacher()
+    for step in range(start, start + n):
+        x, y = teacher.batch(seed=1000 * step + rank, n=32)  # different data on every rank
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def _plans(rank, world):
+    out = {}
+    for method in SETTINGS:
+        model, state, opt = _make(method)
+        _steps(model, opt, rank, 0, 12)  # plans at steps 3, 7, 11
+        lg = state.reducer.lgreco
+        q_ranks = {k: q.shape[1] for k, q in state.reducer.qs.items()}
+        out[method] = {
+            "plans": [p["settings"] for p in lg.plans],
+            "steps": [p["step"] for p in lg.plans],
+            "totals": [(p["bytes"], p["error"], p["uniform_bytes"], p["uniform_error"])
+                       for p in lg.plans],
+            "rows": state.plan(),
+            "settings": dict(state.reducer.settings),
+            "q_ranks": q_ranks,
+        }
+    return out
+
+
+def test_every_rank_adopts_the_same_plan_within_the_budget():
+    r0, r1 = run_ranks(_plans, timeout_s=240)
+    for method in SETTINGS:
+        a, b = r0[method], r1[method]
+        assert a["steps"] == [3, 7, 11]
+        assert a["plans"] == b["plans"], method  # identical although local gradients differ
+        for nbytes, err, u_bytes, u_err in a["totals"]:
+            assert nbytes <= u_bytes and err <= u_err * (1 + 1e-9), (method, a["totals"])
+        assert any(nbytes < u_bytes for nbytes, *_ in a["totals"]), method  # it does adapt
+        rows = a["rows"]
+        assert {r["name"] for r in rows} == set(a["plans"][-1])
+        assert all({"name", "shape", "setting", "bytes", "error"} <= set(r) for r in rows)
+        if method == "powersgd":  # warm-start Q follows each layer's new rank
+            for key, r in a["settings"].items():
+                assert a["q_ranks"][key] == min(r, *next(x["shape"] for x in rows
+                                                         if x["name"] == key))
+
+
+def _resume(rank, world):
+    out = {}
+    for method in SETTINGS:
+        model, state, opt = _make(method)
+        _steps(model, opt, rank, 0, 6)  # saved mid-window of the plan at step 7
+        buf = io.BytesIO()
+        torch.save({"m": model.state_dict(), "o": opt.state_dict(), "h": state.state_dict()}, buf)
+        _steps(model, opt, rank, 6, 6)
+        expected = copy.deepcopy(model.module.state_dict())
+        model2, state2, opt2 = _make(method)
+        buf.seek(0)
+        ckpt = torch.load(buf, weights_only=False)
+        model2.load_state_dict(ckpt["m"])
+        opt2.load_state_dict(ckpt["o"])
+        state2.load_state_dict(ckpt["h"])
+        _steps(model2, opt2, rank, 6, 6)
+        got = model2.module.state_dict()
+        out[method] = (all(torch.equal(expected[k], got[k]) for k in expected),
+                       len(state2.reducer.lgreco.plans))
+    return out
+
+
+def test_resume_mid_training_with_a_plan_is_bit_identical():
+    for r in run_ranks(_resume, timeout_s=240):
+        for method, (same, plans) in r.items():
+            assert same, method
+            assert plans == 3, method
+
+
+@pytest.mark.parametrize(
+    "lgreco,match",
+    [
+        ({"alpha": -1.0}, "alpha"),
+        ({"gamma": 2.0, "beta": 1.0}, "beta"),
+        ({"qsgd_bits": (9,)}, "qsgd_bits"),
+        ({"window": 8, "warmup_steps": 2}, "warmup_steps"),
+        ({"bins": 0}, "bins"),
+        ({"perid": 3}, "perid"),
+        ("often", "lgreco"),
+    ],
+)
+def test_invalid_plans_raise_before_any_collective(lgreco, match):
+    assert not dist.is_initialized()
+    with pytest.raises((ValueError, TypeError), match=match):
+        LGreCoState(nn.Linear(4, 4), "powersgd", lgreco=lgreco)
