@@ -184,7 +184,7 @@ def _train(rank, world, steps=300):
 
 
 def test_training_with_each_compressor_gets_close_to_plain_ddp():
-    res = run_ranks(_train, timeout_s=2.0)[0]
+    res = run_ranks(_train, timeout_s=300)[0]
     ref = res["allreduce"]
     assert ref < 1.0, res  # the task is learnable at all
     for method in LOSSY:
