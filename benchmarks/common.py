@@ -29,6 +29,7 @@ def write_json(path: str | Path, payload: dict) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

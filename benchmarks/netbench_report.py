@@ -43,7 +43,7 @@ def plot(payload: dict, path: str) -> None:
         for r in recs:
             curve = payload["curves"].get(f"{w}/{r['arm']}")
             if curve:
-                row[2].plot(curve, label=r["arm"])
+                row[2].plot(curve, label=r["arm"], color=_color(r["arm"]))
         if not row[2].lines:
             row[2].text(0.5, 0.5, "no loss curves", ha="center", transform=row[2].transAxes)
         row[2].set_xlabel("step")
@@ -55,6 +55,12 @@ def plot(payload: dict, path: str) -> None:
     _save(fig, path)
     if payload.get("plans"):
         plot_plans(payload, str(Path(path).with_name(Path(path).stem + "-plans.png")))
+
+
+def _color(arm: str) -> str:
+    from benchmarks.netbench_worker import ARMS
+
+    return f"C{ARMS.index(arm) % 10}" if arm in ARMS else "black"
 
 
 def _save(fig, path: str) -> None:
