@@ -13,6 +13,7 @@ Needs root and iproute2 (``ip``, ``tc``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 PREFIX = "dcnb"  # distcomp netbench
+_SERIAL = itertools.count()
 SUBNET = "10.213.77"  # the /24 exists only inside our namespaces
 
 
@@ -68,7 +70,7 @@ def remove_stale() -> list[str]:
     """Delete namespaces of earlier runs whose process is gone; returns what was removed."""
     removed = []
     for name in ours(list_namespaces()):
-        m = re.fullmatch(rf"{PREFIX}-(\d+)-[ab]", name)
+        m = re.fullmatch(rf"{PREFIX}-(\d+)-\d+-[ab]", name)
         if m and not Path(f"/proc/{m.group(1)}").exists():
             kill_inside(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
@@ -86,9 +88,10 @@ class TwoHosts:
     def __init__(self, bandwidth: str | None = "100mbit", delay: str | None = None):
         self.bandwidth = bandwidth
         self.delay = delay
-        tag = f"{PREFIX}-{os.getpid()}"
+        serial = next(_SERIAL)  # namespaces are deleted asynchronously: never reuse a name
+        tag = f"{PREFIX}-{os.getpid()}-{serial}"
         self.ns = {"a": f"{tag}-a", "b": f"{tag}-b"}
-        short = f"{PREFIX}{os.getpid() % 100000}"  # interface names: 15 characters at most
+        short = f"{PREFIX}{os.getpid() % 100000}{serial % 10}"  # interface names: <= 15 chars
         self.iface = {"a": f"{short}a", "b": f"{short}b"}
         self.addr = {"a": f"{SUBNET}.1", "b": f"{SUBNET}.2"}
         self._old_sigterm = None
@@ -148,7 +151,10 @@ class TwoHosts:
         for host in ("a", "b"):
             if self.ns[host] in existing:
                 kill_inside(self.ns[host])
+                subprocess.run(["ip", "-n", self.ns[host], "link", "del", self.iface[host]],
+                               capture_output=True)
                 subprocess.run(["ip", "netns", "del", self.ns[host]], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.iface["a"]], capture_output=True)  # if unmoved
         if self._old_sigterm is not None:
             signal.signal(signal.SIGTERM, self._old_sigterm)
             self._old_sigterm = None
