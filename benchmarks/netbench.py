@@ -29,12 +29,14 @@ from benchmarks.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 LGRECO_BASE = [(arm, family) for arm, (family, _) in LGRECO_ARMS.items()]
+CORE_ARMS = [a for a in ARMS if a not in LGRECO_ARMS]
 STEPS = {"full": {"lm": 50, "cnn": 200}, "quick": {"lm": 7, "cnn": 16}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arms", default=",".join(ARMS), help="comma list from: " + ",".join(ARMS))
+    p.add_argument("--arms", default=",".join(CORE_ARMS),
+                   help=f"comma list from: {','.join(ARMS)}; or 'all' (default: the core arms)")
     p.add_argument("--workloads", default="lm,cnn")
     p.add_argument("--bandwidth", default="100mbit", help="tc rate, or 'none' for no shaping")
     p.add_argument("--delay", default=None, help="netem delay, e.g. '20ms' or '20ms 10ms'")
@@ -53,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=str(REPO / "bench-results" / "netbench.json"))
     p.add_argument("--plot", default=None, help="PNG path (default: next to the JSON)")
     args = p.parse_args(argv)
-    args.arms = [a for a in args.arms.split(",") if a]
+    args.arms = ARMS if args.arms == "all" else [a for a in args.arms.split(",") if a]
     args.workloads = [w for w in args.workloads.split(",") if w]
     bad = [a for a in args.arms if a not in ARMS]
     bad += [w for w in args.workloads if w not in WORKLOADS]
@@ -90,8 +92,8 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
             f"--out={out_dir}", f"--steps={steps}", f"--warmup-steps={args.warmup_steps}",
             f"--rank={args.rank}", f"--density={args.density}", f"--bits={args.bits}",
             f"--seed={args.seed}", f"--timeout={args.arm_timeout}",
-            f"--lgreco-warmup={max(2, args.warmup_steps)}",
-            f"--lgreco-period={max(2, (steps - args.warmup_steps) // 3)}", "--lgreco-window=2",
+            f"--lgreco-warmup={max(4, args.warmup_steps)}",
+            f"--lgreco-period={max(4, (steps - args.warmup_steps) // 3)}", "--lgreco-window=4",
         ]
         logs[host] = open(out_dir / f"{workload}-{arm}-{host}.log", "w+")
         procs[host] = net.popen(host, cmd, env=env, cwd=REPO, stdout=logs[host],

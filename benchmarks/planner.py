@@ -5,7 +5,7 @@
 Layers cycle through transformer-like shapes (256x256, 768x256, 1024x256, 256x1024); their
 gradients are low-rank plus noise. For each family at its default uniform setting and default
 candidate sets, times (single thread, median of 3) one full re-plan: every candidate's error for
-every layer, then the DP over 1000 error bins; and the DP alone.
+every layer, then the DP over the default 10000 error bins; and the DP alone.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
             rows = lg.rows
             start = time.perf_counter()
             solve([[r["bytes"]] * 9 for r in rows], [[r["error"]] * 9 for r in rows],
-                  sum(r["uniform_error"] for r in rows), 1000)
+                  sum(r["uniform_error"] for r in rows), lg.config.bins)
             dp_times.append(time.perf_counter() - start)
         last = lg.plans[-1]
         results.append({

@@ -58,7 +58,7 @@ class LGreCoConfig:
     topk_span: float = 4.0
     topk_points: int = 9
     qsgd_bits: tuple[int, ...] = QSGD_BITS
-    bins: int = 1000
+    bins: int = 10000
 
     def __post_init__(self) -> None:
         for name in ("period", "window", "topk_points", "bins"):

@@ -146,3 +146,18 @@ def test_refuses_without_root_with_a_clear_message(monkeypatch, capsys):
     assert netbench.main(["--quick"]) == 2
     assert "needs root" in capsys.readouterr().err
     assert mine() == []
+
+
+def test_lgreco_arm_records_error_ratio_and_plans(tmp_path):
+    out = tmp_path / "nb.json"
+    assert netbench.main([
+        "--workloads", "cnn", "--arms", "lgreco_powersgd", "--steps", "7", "--warmup-steps", "1",
+        "--json", str(out), "--data", str(REPO / "bench-results" / "data"),
+    ]) == 0
+    payload = json.loads(out.read_text())
+    (rec,) = payload["results"]
+    assert rec["status"] == "ok", rec
+    assert 0 < rec["error_ratio"] <= 1.0 + 1e-9
+    (plan,) = payload["plans"]["cnn/lgreco_powersgd"]
+    assert plan["step"] == 4 and "fc1.weight" in plan["settings"]
+    assert out.with_name("nb-plans.png").stat().st_size > 10_000
