@@ -77,10 +77,21 @@ class GatherCompressor(Compressor):
 
     def decode_sum(self, payloads: torch.Tensor, numel: int, setting: float) -> torch.Tensor:
         """payloads: (world, wire_bytes) uint8, one row per rank -> (numel,) fp32 sum."""
+        return self.decode_rows(payloads, numel, setting)[0]
+
+    def decode_rows(
+        self, payloads: torch.Tensor, numel: int, setting: float, keep: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(sum of all rows' decodings, decoding of row ``keep`` or None), each row decoded
+        once: the reducer needs the sum and its own row (for error feedback) from one pass."""
         out = torch.zeros(numel, dtype=torch.float32, device=payloads.device)
-        for row in payloads:
-            out += self.decode(row, numel, setting)
-        return out
+        kept = None
+        for i, row in enumerate(payloads):
+            decoded = self.decode(row, numel, setting)
+            out += decoded
+            if i == keep:
+                kept = decoded
+        return out, kept
 
     def roundtrip(
         self, x: torch.Tensor, setting: float, generator: torch.Generator | None = None

@@ -139,10 +139,6 @@ class CompressedReducer:
             x += self.residuals[slot.key].to(x.device)
         return x
 
-    def _set_residual(self, slot: _Slot, residual: torch.Tensor) -> None:
-        if self.config.error_feedback:
-            self.residuals[slot.key] = residual
-
     def _dense_fused(self, dense: list[_Slot], extra: list[torch.Tensor], flag: torch.Tensor):
         parts = [s.grad.detach().reshape(-1).float() for s in dense]
         parts += [e.reshape(-1) for e in extra]
@@ -199,7 +195,8 @@ class CompressedReducer:
             q_sum = q_flat[offset : offset + ql.numel()].view_as(ql)
             offset += ql.numel()
             s.grad.copy_((p @ q_sum.t()).view_as(s.grad) / world)
-            self._set_residual(s, (m - p @ ql.t()).view_as(s.grad))
+            if self.config.error_feedback:  # this rank's own part: M - P (P^T M)
+                self.residuals[s.key] = (m - p @ ql.t()).view_as(s.grad)
             self.qs[s.key] = q_sum.clone()
             self.ledger.record(step, s.key, FP32_BYTES * (p.numel() + ql.numel()), "allreduce")
         self.ledger.record(step, CONTROL_KEY, FP32_BYTES, "allreduce")
@@ -223,10 +220,11 @@ class CompressedReducer:
             n, nb = x.numel(), own.numel()
             rows = gathered[:, offset : offset + nb]
             offset += nb
-            total = self.compressor.decode_sum(rows, n, s.setting)
+            keep = comm.rank if self.config.error_feedback else None
+            total, approx = self.compressor.decode_rows(rows, n, s.setting, keep)
             s.grad.copy_(total.view_as(s.grad) / world)
-            approx = self.compressor.decode(own, n, s.setting)
-            self._set_residual(s, x - approx.view_as(x))
+            if approx is not None:  # kept only with error feedback
+                self.residuals[s.key] = x - approx.view_as(x)
             self.ledger.record(step, s.key, nb, "allgather")
         self.ledger.record(step, CONTROL_KEY, FP32_BYTES, "allreduce")
         return True

@@ -61,9 +61,13 @@ class TopK(GatherCompressor):
         out = torch.zeros(numel, dtype=torch.float32, device=payload.device)
         return out.index_add_(0, idx, values)
 
-    def decode_sum(self, payloads: torch.Tensor, numel: int, setting: float) -> torch.Tensor:
+    def decode_rows(
+        self, payloads: torch.Tensor, numel: int, setting: float, keep: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # scatter every row into one buffer instead of materialising W dense decodings
         out = torch.zeros(numel, dtype=torch.float32, device=payloads.device)
         for row in payloads:
             values, idx = self._split(row, numel, setting)
             out.index_add_(0, idx, values)
-        return out
+        kept = None if keep is None else self.decode(payloads[keep], numel, setting)
+        return out, kept
