@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import pytest
@@ -16,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from hooks import CompressionState, compression_hook
 from tests.models import ConvNet, Teacher, convnet_batch, mlp
 from tests.multiproc import run_ranks
+from tests.resume import resume_matches
 
 LOSSLESS = {"powersgd": {"rank": 1000}, "topk": {"density": 1.0}, "qsgd": {"bits": 32}}
 LOSSY = {"powersgd": {"rank": 2}, "topk": {"density": 0.05}, "qsgd": {"bits": 4}}
@@ -212,22 +212,11 @@ def _steps(rank, model, opt, start, n):
 def _resume(rank, world):
     out = {}
     for method, setting in LOSSY.items():
-        model, state, opt = _make(method, setting)
-        _steps(rank, model, opt, 0, 5)
-        buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                    "hook": state.state_dict()}, buf)
-        _steps(rank, model, opt, 5, 5)
-        expected = copy.deepcopy(model.module.state_dict())
-        model2, state2, opt2 = _make(method, setting)
-        buf.seek(0)
-        ckpt = torch.load(buf, weights_only=False)
-        model2.load_state_dict(ckpt["model"])
-        opt2.load_state_dict(ckpt["opt"])
-        state2.load_state_dict(ckpt["hook"])
-        _steps(rank, model2, opt2, 5, 5)
-        got = model2.module.state_dict()
-        out[method] = all(torch.equal(expected[k], got[k]) for k in expected)
+        same, state, _ = resume_matches(
+            lambda m=method, s=setting: _make(m, s),
+            lambda model, opt, start, n: _steps(rank, model, opt, start, n), split=5, more=5,
+        )
+        out[method] = same
         out[method + "_residuals"] = len(state.reducer.residuals)
     return out
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import io
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -15,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from hooks import LGreCoState, lgreco_hook
 from tests.models import Teacher
 from tests.multiproc import run_ranks
+from tests.resume import resume_matches
 
 SETTINGS = {"powersgd": {"rank": 4}, "topk": {"density": 0.02}, "qsgd": {"bits": 4}}
 PLAN = {"warmup_steps": 3, "period": 4, "window": 2}
@@ -83,22 +81,12 @@ def test_every_rank_adopts_the_same_plan_within_the_budget():
 def _resume(rank, world):
     out = {}
     for method in SETTINGS:
-        model, state, opt = _make(method)
-        _steps(model, opt, rank, 0, 6)  # saved mid-window of the plan at step 7
-        buf = io.BytesIO()
-        torch.save({"m": model.state_dict(), "o": opt.state_dict(), "h": state.state_dict()}, buf)
-        _steps(model, opt, rank, 6, 6)
-        expected = copy.deepcopy(model.module.state_dict())
-        model2, state2, opt2 = _make(method)
-        buf.seek(0)
-        ckpt = torch.load(buf, weights_only=False)
-        model2.load_state_dict(ckpt["m"])
-        opt2.load_state_dict(ckpt["o"])
-        state2.load_state_dict(ckpt["h"])
-        _steps(model2, opt2, rank, 6, 6)
-        got = model2.module.state_dict()
-        out[method] = (all(torch.equal(expected[k], got[k]) for k in expected),
-                       len(state2.reducer.lgreco.plans))
+        # saved after step 5, mid-window of the plan at step 7
+        same, _, resumed = resume_matches(
+            lambda m=method: _make(m),
+            lambda model, opt, start, n: _steps(model, opt, rank, start, n), split=6, more=6,
+        )
+        out[method] = (same, len(resumed.reducer.lgreco.plans))
     return out
 
 
