@@ -14,6 +14,7 @@ median step time (slowest rank) and the loss curve. An arm that crashes or hangs
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -150,8 +151,6 @@ def error_excerpt(texts: dict[str, str], limit: int = 600) -> str:
 
 
 def merge(out_dir: Path, workload: str, arm: str) -> dict:
-    import json
-
     recs = [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{workload}-{arm}-rank*.json"))]
     host_a = next(r for r in recs if r["host"] == "a")
     timed = host_a["timed_steps"]

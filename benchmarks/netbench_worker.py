@@ -139,7 +139,8 @@ def main() -> None:
     ledger = None
     if state is not None:
         steps = range(args.warmup_steps, args.steps)
-        ledger = sum(state.ledger.step_bytes(s) for s in steps) / timed
+        book = state.ledger  # drains the hook's worker once, not once per step
+        ledger = sum(book.step_bytes(s) for s in steps) / timed
     elif args.arm == "allreduce":
         ledger = dense_grad_bytes(model)  # DDP hands every gradient byte to all-reduce
     elif args.arm == "torch_fp16":

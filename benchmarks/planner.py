@@ -19,6 +19,7 @@ import torch
 from benchmarks.common import environment, write_json
 from distcomp import CompressionConfig
 from distcomp.lgreco import LGreCo, LGreCoConfig
+from distcomp.planner import solve
 
 SHAPES = [(256, 256), (768, 256), (1024, 256), (256, 1024)]
 
@@ -53,8 +54,6 @@ def main() -> None:
             start = time.perf_counter()
             lg.plan(1, lambda t: t)
             plan_times.append(time.perf_counter() - start)
-            from distcomp.planner import solve
-
             rows = lg.rows
             start = time.perf_counter()
             solve([[r["bytes"]] * 9 for r in rows], [[r["error"]] * 9 for r in rows],
