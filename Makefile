@@ -47,7 +47,7 @@ bench: venv sysdeps
 	  --arms local,allreduce,torch_fp16,torch_powersgd,powersgd
 	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco.json \
-	  --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd_wide,topk,lgreco_topk,qsgd,lgreco_qsgd
+	  --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd_wide,lgreco_powersgd_layersum,topk,lgreco_topk,qsgd,lgreco_qsgd
 	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-lgreco.json
 

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 from benchmarks.common import environment, write_json
-from benchmarks.netbench_worker import ARMS, LGRECO_ARMS
+from benchmarks.netbench_worker import ARMS, CO2_ARMS, LGRECO_ARMS
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 from benchmarks.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 LGRECO_BASE = [(arm, family) for arm, (family, _) in LGRECO_ARMS.items()]
-CORE_ARMS = [a for a in ARMS if a not in LGRECO_ARMS]
+CORE_ARMS = [a for a in ARMS if a not in LGRECO_ARMS and a not in CO2_ARMS]
 STEPS = {"full": {"lm": 50, "cnn": 200}, "quick": {"lm": 7, "cnn": 16}}
 
 
@@ -48,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--density", type=float, default=0.01, help="top-k density")
     p.add_argument("--bits", type=int, default=4, help="QSGD bits")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tau", type=int, default=8, help="local steps per co2 / diloco round")
     p.add_argument("--arm-timeout", type=float, default=None,
                    help="seconds an arm may take in all (default 300 quick, 1800 full)")
     p.add_argument("--stall-timeout", type=float, default=90.0,
@@ -95,6 +96,7 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
             f"--seed={args.seed}", f"--timeout={args.arm_timeout}",
             f"--lgreco-warmup={max(4, args.warmup_steps)}",
             f"--lgreco-period={max(4, (steps - args.warmup_steps) // 3)}", "--lgreco-window=4",
+            f"--tau={args.tau}",
         ]
         logs[host] = open(out_dir / f"{workload}-{arm}-{host}.log", "w+")
         procs[host] = net.popen(host, cmd, env=env, cwd=REPO, stdout=logs[host],
@@ -164,12 +166,15 @@ def merge(out_dir: Path, workload: str, arm: str) -> dict:
         "ledger_bytes_per_step": ledger,
         "wire_over_ledger": wire / ledger if ledger else None,
         "step_time_s": host_a["step_time_s"],
+        "mean_step_time_s": host_a["mean_step_time_s"],
         "final_loss": sum(tail) / len(tail),
         "timed_steps": timed,
         "params": host_a["params"],
         "dense_bytes": host_a["dense_bytes"],
         "error_ratio": host_a.get("error_ratio"),
+        "error_ratios": host_a.get("error_ratios"),
         "losses": curve,
+        "clock": host_a["clock_s"],
         "plans": host_a.get("plans"),
     }
 
@@ -191,9 +196,28 @@ def figures(results: list[dict]) -> dict:
             "powersgd_over_torch_powersgd_time": ratio(w, "powersgd", "torch_powersgd", time_),
             **{f"{lg}_over_{base}_wire": ratio(w, lg, base, wire) for lg, base in LGRECO_BASE},
             **{f"{lg}_over_{base}_time": ratio(w, lg, base, time_) for lg, base in LGRECO_BASE},
+            **{f"{a}_over_allreduce_loss": ratio(w, a, "allreduce", "final_loss")
+               for a in ("powersgd", "topk", "qsgd", *LGRECO_ARMS, *CO2_ARMS)},
+            # local-updating arms: mean step time (boundary steps included), overlap ratio
+            **{f"{a}_over_{b}_mean_time": ratio(w, a, b, "mean_step_time_s")
+               for a, b in (("co2", "local"), ("co2", "diloco"), ("co2", "allreduce"),
+                            ("diloco", "local"))},
+            "co2_overlap": overlap(by.get((w, "co2")), by.get((w, "diloco")),
+                                   by.get((w, "local"))),
         }
         for w in sorted({r["workload"] for r in results})
     }
+
+
+def overlap(co2: dict | None, blocking: dict | None, local: dict | None) -> float | None:
+    """(T_blocking - T_co2) / T_comm with T_comm = T_blocking - T_local (mean step times):
+    1 when CO2 hides all of the communication the blocking schedule waits for, 0 when none."""
+    if not (co2 and blocking and local):
+        return None
+    t_comm = blocking["mean_step_time_s"] - local["mean_step_time_s"]
+    if t_comm <= 0:
+        return None
+    return (blocking["mean_step_time_s"] - co2["mean_step_time_s"]) / t_comm
 
 
 def summary_line(payload: dict, path: str) -> str:
@@ -233,13 +257,14 @@ def main(argv=None) -> int:
             "arms": args.arms, "workloads": args.workloads,
             "steps": {w: steps_for(args, w) for w in args.workloads},
             "warmup_steps": args.warmup_steps, "rank": args.rank, "density": args.density,
-            "bits": args.bits, "seed": args.seed,
+            "bits": args.bits, "seed": args.seed, "tau": args.tau,
             "command": "python -m benchmarks.netbench " + " ".join(argv or sys.argv[1:]),
             "env": environment(),
         },
-        "results": [{k: v for k, v in r.items() if k not in ("losses", "plans")}
+        "results": [{k: v for k, v in r.items() if k not in ("losses", "plans", "clock")}
                     for r in results],
         "curves": {f"{r['workload']}/{r['arm']}": r["losses"] for r in results if "losses" in r},
+        "clocks": {f"{r['workload']}/{r['arm']}": r["clock"] for r in results if "clock" in r},
         "plans": {f"{r['workload']}/{r['arm']}": r["plans"] for r in results if r.get("plans")},
     }
     payload["figures"] = figures(payload["results"])

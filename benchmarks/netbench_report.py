@@ -110,20 +110,22 @@ def section(payload: dict, json_path: str) -> str:
         f"untimed). Command: `{cfg['command']}` → `{json_path}`",
         "",
         "| workload | arm | status | wire MB/step | payload MB/step | wire/payload "
-        "| step time (s) | final loss | error ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| step time (s) | final loss | error ratio: gradient | error ratio: layer sum |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["results"]:
         if r["status"] == "ok":
             cells = [
                 _mb(r["wire_bytes_per_step"]), _mb(r["ledger_bytes_per_step"]),
                 _fmt(r["wire_over_ledger"], ".2f"), _fmt(r["step_time_s"], ".3f"),
-                _fmt(r["final_loss"], ".3f"), _fmt(r.get("error_ratio"), ".3f"),
+                _fmt(r["final_loss"], ".3f"),
+                *(_fmt((r.get("error_ratios") or {}).get(m), ".3f")
+                  for m in ("gradient", "layer_sum")),
             ]
             lines.append(f"| {r['workload']} | {r['arm']} | ok | " + " | ".join(cells) + " |")
         else:
             err = r["error"].replace("|", "/")[:160]
-            lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} | |")
+            lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} | | |")
     figs = [
         f"{w}: " + ", ".join(f"{k} = {v:.3f}" for k, v in f.items() if v is not None)
         for w, f in payload["figures"].items()

@@ -21,15 +21,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from benchmarks.workloads import WORKLOADS, dense_grad_bytes, parameter_count
 
 OUR_ARMS = {"powersgd", "topk", "qsgd"}
-# L-GreCo arms: family, (gamma, beta) of the PowerSGD candidate ranks
+# L-GreCo arms: family and the LGreCoConfig options that differ from the defaults
 LGRECO_ARMS = {
-    "lgreco_powersgd": ("powersgd", (0.5, 2.0)),
-    "lgreco_powersgd_wide": ("powersgd", (0.25, 4.0)),
-    "lgreco_topk": ("topk", (0.5, 2.0)),
-    "lgreco_qsgd": ("qsgd", (0.5, 2.0)),
+    "lgreco_powersgd": ("powersgd", {}),
+    "lgreco_powersgd_wide": ("powersgd", {"gamma": 0.25, "beta": 4.0}),
+    "lgreco_powersgd_layersum": ("powersgd", {"error_measure": "layer_sum"}),
+    "lgreco_topk": ("topk", {}),
+    "lgreco_qsgd": ("qsgd", {}),
 }
+# local-updating arms (no gradient all-reduce): CO2 overlaps its outer all-reduce, DiLoCo blocks
+CO2_ARMS = {"co2": True, "diloco": False}
 ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "topk", "qsgd",
-        *LGRECO_ARMS]
+        *LGRECO_ARMS, *CO2_ARMS]
 LR = {"lm": 1e-3, "cnn": 3e-3}
 
 
@@ -37,7 +40,7 @@ def register_arm(model: DDP, arm: str, args) -> object | None:
     """Attach the arm's communication hook; returns our CompressionState where there is one."""
     if arm == "allreduce":
         return None
-    if arm == "local":
+    if arm == "local" or arm in CO2_ARMS:
         from hooks import local_hook
 
         model.register_comm_hook(None, local_hook)
@@ -64,9 +67,9 @@ def register_arm(model: DDP, arm: str, args) -> object | None:
     if arm in LGRECO_ARMS:
         from hooks import LGreCoState, lgreco_hook
 
-        family, (gamma, beta) = LGRECO_ARMS[arm]
+        family, options = LGRECO_ARMS[arm]
         plan = {"warmup_steps": args.lgreco_warmup, "period": args.lgreco_period,
-                "window": args.lgreco_window, "gamma": gamma, "beta": beta}
+                "window": args.lgreco_window, **options}
         state = LGreCoState(model, family, rank=args.rank, density=args.density, bits=args.bits,
                             timeout_s=args.timeout, lgreco=plan)
         model.register_comm_hook(state, lgreco_hook)
@@ -97,6 +100,7 @@ def main() -> None:
     p.add_argument("--lgreco-warmup", type=int, default=3)
     p.add_argument("--lgreco-period", type=int, default=20)
     p.add_argument("--lgreco-window", type=int, default=2)
+    p.add_argument("--tau", type=int, default=8, help="local steps per CO2 / DiLoCo round")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -107,9 +111,15 @@ def main() -> None:
     model = DDP(workload.model())
     state = register_arm(model, args.arm, args)
     opt = torch.optim.Adam(model.parameters(), lr=LR[args.workload])
+    if args.arm in CO2_ARMS:
+        from distcomp.co2 import CO2
+
+        opt = state = CO2(opt, model, tau=args.tau, overlap=CO2_ARMS[args.arm],
+                          timeout_s=args.timeout)
     iface = os.environ.get("NETBENCH_IFACE")
 
-    times, losses = [], []
+    times, losses, clock = [], [], []
+    t0 = time.perf_counter()
     heartbeat = Path(args.out) / f"{args.workload}-{args.arm}-rank{rank}.progress"
     for step in range(args.steps):
         heartbeat.write_text(str(step))  # the parent treats a silent heartbeat as a hang
@@ -123,6 +133,7 @@ def main() -> None:
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        clock.append(time.perf_counter() - t0)
         if step >= args.warmup_steps:
             times.append(time.perf_counter() - start)
     dist.barrier()
@@ -137,7 +148,11 @@ def main() -> None:
     curve /= world
 
     ledger = None
-    if state is not None:
+    if args.arm in CO2_ARMS:  # bytes per round, keyed by round; rounds end every tau steps
+        ends = {r: (r + 1) * args.tau - 1 for r in range(args.steps // args.tau)}
+        ledger = sum(state.ledger.step_bytes(r) for r, end in ends.items()
+                     if end >= args.warmup_steps) / timed
+    elif state is not None:
         steps = range(args.warmup_steps, args.steps)
         book = state.ledger  # drains the hook's worker once, not once per step
         ledger = sum(book.step_bytes(s) for s in steps) / timed
@@ -154,6 +169,8 @@ def main() -> None:
         "rx_bytes": after[1] - before[1],
         "timed_steps": timed,
         "step_time_s": statistics.median(t.tolist()),
+        "mean_step_time_s": statistics.fmean(t.tolist()),
+        "clock_s": clock,
         "losses": curve.tolist(),
         "ledger_bytes_per_step": ledger,
         "params": parameter_count(model),
@@ -162,6 +179,7 @@ def main() -> None:
     lgreco = getattr(getattr(state, "reducer", None), "lgreco", None)
     if lgreco is not None:
         record["error_ratio"] = lgreco.error_ratio
+        record["error_ratios"] = lgreco.plans[-1]["ratios"] if lgreco.plans else None
         record["plans"] = [{"step": p["step"], "settings": p["settings"]} for p in lgreco.plans]
     out = Path(args.out) / f"{args.workload}-{args.arm}-rank{rank}.json"
     tmp = out.with_suffix(".tmp")

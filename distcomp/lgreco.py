@@ -4,7 +4,9 @@ Layers differ hugely in size and in how much a given compression hurts them, so 
 for all is wasteful. Periodically, L-GreCo measures for every compressed layer and every
 candidate setting the error it would cause and the bytes it would cost, and picks per layer
 the combination that minimises total bytes while total error stays <= alpha x the total error
-of the user's uniform setting (the budget). See :mod:`distcomp.planner` for the solver.
+of the user's uniform setting (the budget). Total error is by default that of the whole model
+gradient, sqrt(sum of squared layer errors); ``error_measure="layer_sum"`` sums the layer norms
+instead. See :mod:`distcomp.planner` for the solver.
 
 Schedule (steps counted by the reducer): plans are made at steps warmup_steps + k * period.
 During the `window` steps before each plan, every compressed layer's compensated gradient
@@ -32,6 +34,7 @@ from distcomp.planner import solve
 from distcomp.powersgd import as_matrix, matrix_shape
 
 QSGD_BITS = (2, 3, 4, 6, 8)
+ERROR_MEASURES = ("gradient", "layer_sum")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,14 @@ class LGreCoConfig:
     period: steps between re-plans.
     window: steps of gradients summed for the statistics of each plan.
     alpha: error budget as a multiple of the uniform setting's total error (1.0: no worse).
+    error_measure: what "total error" is.
+        "gradient" (default): the error of the whole model gradient, sqrt(sum_l e_l^2). This is
+            the quantity error-feedback convergence bounds use (the concatenated compressor is
+            at least as contractive as the uniform one on the measured gradients), and it lets
+            the planner trade rank between layers by their squared error, so a layer whose tail
+            is tiny next to another's costs nothing to compress harder.
+        "layer_sum": the plain sum of per-layer norms, sum_l e_l: every layer's error counts
+            linearly, which protects small layers but saves fewer bytes.
     gamma, beta: PowerSGD candidate ranks are the integers in [ceil(gamma r), floor(beta r)].
     topk_span, topk_points: top-k candidates: topk_points densities log-spaced in
         [d / topk_span, d * topk_span] (capped at 1).
@@ -59,6 +70,7 @@ class LGreCoConfig:
     topk_points: int = 9
     qsgd_bits: tuple[int, ...] = QSGD_BITS
     bins: int = 10000
+    error_measure: str = "gradient"
 
     def __post_init__(self) -> None:
         for name in ("period", "window", "topk_points", "bins"):
@@ -73,6 +85,9 @@ class LGreCoConfig:
                 raise ValueError(f"{name} must be a finite number in ({low}, 1e6], got {value!r}")
         if self.beta < self.gamma:
             raise ValueError(f"beta must be >= gamma ({self.gamma}), got {self.beta!r}")
+        if self.error_measure not in ERROR_MEASURES:
+            raise ValueError(f"error_measure must be one of {ERROR_MEASURES}, "
+                             f"got {self.error_measure!r}")
         bits = tuple(self.qsgd_bits)
         if not bits or any(b not in (2, 3, 4, 5, 6, 7, 8, 16, 32) for b in bits):
             raise ValueError(f"qsgd_bits must be a non-empty subset of 2..8, 16, 32, got {bits}")
@@ -85,6 +100,13 @@ class LGreCoConfig:
         if unknown:
             raise ValueError(f"unknown L-GreCo options {sorted(unknown)}")
         return cls(**{k: tuple(v) if k == "qsgd_bits" else v for k, v in d.items()})
+
+
+def total_error(errors: list[float], measure: str) -> float:
+    """Total of per-layer error norms under ``measure`` (see LGreCoConfig.error_measure)."""
+    if measure == "gradient":
+        return math.sqrt(sum(e * e for e in errors))
+    return sum(errors)
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -178,8 +200,9 @@ class LGreCo:
 
     layers: key -> shape of every compressed layer seen (in first-seen order).
     acc: key -> windowed sum of compensated gradients (only during a window).
-    plans: list of {"step", "settings", "bytes", "error", "uniform_bytes", "uniform_error"}
-        (one per re-plan; "rows" of the latest also give the per-layer table).
+    plans: list of {"step", "settings", "bytes", "uniform_bytes", "error", "uniform_error",
+        "ratios"}, one per re-plan: totals under the configured error measure, and "ratios"
+        (plan / uniform) under every measure. "rows" of the latest give the per-layer table.
     """
 
     def __init__(self, config: LGreCoConfig, comp: Compressor, uniform: float, min_rate: float):
@@ -229,8 +252,10 @@ class LGreCo:
             pos += len(cs)
         uni = [cs.index(self.uniform) for cs in cands]
         u_bytes = sum(b[i] for b, i in zip(bytes_, uni))
-        u_error = sum(e[i] for e, i in zip(errors, uni))
-        result = solve(bytes_, errors, self.config.alpha * u_error, self.config.bins)
+        power = 2 if self.config.error_measure == "gradient" else 1
+        costs = [[x**power for x in e] for e in errors]
+        budget = self.config.alpha**power * sum(c[i] for c, i in zip(costs, uni))
+        result = solve(bytes_, costs, budget, self.config.bins)
         if result is None or result.total_bytes > u_bytes:
             choice = uni  # never worse than the uniform setting
         else:
@@ -241,11 +266,15 @@ class LGreCo:
              "bytes": b[c], "error": e[c], "uniform_bytes": b[u], "uniform_error": e[u]}
             for k, cs, c, b, e, u in zip(keys, cands, choice, bytes_, errors, uni)
         ]
+        totals = {m: (total_error([r["error"] for r in self.rows], m),
+                      total_error([r["uniform_error"] for r in self.rows], m))
+                  for m in ERROR_MEASURES}
+        error, u_error = totals[self.config.error_measure]
         self.plans.append({
             "step": step, "settings": settings,
-            "bytes": sum(r["bytes"] for r in self.rows),
-            "error": sum(r["error"] for r in self.rows),
-            "uniform_bytes": u_bytes, "uniform_error": u_error,
+            "bytes": sum(r["bytes"] for r in self.rows), "uniform_bytes": u_bytes,
+            "error": error, "uniform_error": u_error,
+            "ratios": {m: a / b if b else None for m, (a, b) in totals.items()},
         })
         return settings
 

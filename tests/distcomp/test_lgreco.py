@@ -87,6 +87,7 @@ def test_schedule():
         ({"beta": float("inf")}, "beta"),
         ({"alpha": True}, "alpha"),
         ({"window": 6, "period": 5, "warmup_steps": 6}, "period"),
+        ({"error_measure": "l2"}, "error_measure"),
     ],
 )
 def test_invalid_configs_raise(options, match):
@@ -101,3 +102,35 @@ def test_large_matrices_use_the_randomized_tail_accurately():
     s2 = torch.linalg.svdvals(g).double().pow(2)
     for r, e in zip([2, 4, 8], errs):
         assert math.isclose(e, float(s2[r:].sum().sqrt()), rel_tol=1e-3)
+
+
+def _plan_once(measure: str, alpha: float = 1.0) -> LGreCo:
+    """Plan PowerSGD ranks (uniform 4) for three layers whose spectra decay very differently."""
+    lg = LGreCo(LGreCoConfig(warmup_steps=1, window=1, error_measure=measure, alpha=alpha),
+                get_compressor("powersgd"), 4, 1.0)
+    for i, decay in enumerate((0.3, 1.0, 3.0)):
+        spectrum = torch.logspace(0, -decay, 24) * (3.0 if i == 0 else 1.0)
+        g = randn(96, 24, seed=i) @ torch.diag(spectrum) @ torch.linalg.qr(randn(24, 24))[0]
+        lg.observe(f"layer{i}", g, step=0)
+    lg.plan(1, lambda t: t)
+    return lg
+
+
+@pytest.mark.parametrize("measure", ["gradient", "layer_sum"])
+@pytest.mark.parametrize("alpha", [1.0, 1.5])
+def test_plan_meets_its_budget_under_its_error_measure(measure, alpha):
+    lg = _plan_once(measure, alpha)
+    plan = lg.plans[-1]
+    assert plan["bytes"] < plan["uniform_bytes"]
+    assert plan["ratios"][measure] <= alpha * (1 + 1e-9)
+    assert lg.error_ratio == pytest.approx(plan["ratios"][measure])
+    errors = [r["error"] for r in lg.rows]
+    expected = math.sqrt(sum(e * e for e in errors)) if measure == "gradient" else sum(errors)
+    assert plan["error"] == pytest.approx(expected)
+
+
+def test_gradient_measure_moves_rank_to_the_layer_that_dominates_the_error():
+    grad, layer = _plan_once("gradient").plans[-1], _plan_once("layer_sum").plans[-1]
+    # the whole-gradient error is dominated by layer0's tail: spend rank there, cut the rest
+    assert grad["settings"]["layer0"] > 4 > grad["settings"]["layer2"]
+    assert grad["bytes"] < layer["bytes"]  # summed norms weigh the small tails as much

@@ -1,0 +1,384 @@
+"""CO2 (Sun et al., ICLR 2024): local updating whose outer all-reduce overlaps the next round.
+
+On a link too slow even for compressed gradients, ranks stop averaging gradients. Each rank runs
+``tau`` steps of its own optimizer on its own gradients (the DDP model uses
+:func:`hooks.local_hook`, which communicates nothing), then the ranks average what those steps
+did, the pseudo-gradient, and an outer optimizer applies it to a shared anchor. CO2 hides that
+average: it is launched asynchronously and travels while the next ``tau`` local steps compute,
+so it is applied one round late. Round t (anchor x_t, identical on every rank):
+
+  1. local steps from where this rank's round started, b_t^i, give x_t^i; its pseudo-gradient
+     d_t^i = b_t^i - x_t^i (fp32, one flat buffer) starts an all-reduce on a process group
+     of its own (never interleaved with DDP's or the inner optimizer's collectives);
+  2. the average D_{t-1} launched one round earlier is waited for (it had tau steps to arrive)
+     and applied with the outer optimizer (heavy-ball or Nesterov momentum):
+         m  <- beta m + s_{t-1} * D_{t-1}           (s: staleness-gap penalty, per tensor)
+         m  <- m * min(1, clip_norm / ||m||)         (outer-momentum clipping)
+         x_{t+1} = x_t - outer_lr * (m, or beta m + s D for Nesterov)
+  3. every rank continues from x_{t+1} - d_t^i: the new anchor plus its own progress of round
+     t, which is not averaged yet (D_t replaces it at the next boundary, so no progress is
+     lost or applied twice); round t+1 starts while D_t travels. Resetting to x_{t+1} instead
+     would make round t+1 redo round t's progress, which then lands twice (it diverges).
+
+Staleness-gap penalty: D_{t-1} is applied one round after it was measured; the fresh average
+would differ from it by about how much consecutive averages differ. Per parameter tensor,
+    gap = ||D_{t-1} - D_{t-2}|| / (||D_{t-1}|| + ||D_{t-2}||)    in [0, 1],
+0 when the trajectory is steady (staleness is harmless) and 1 when it reverses;
+s = 1 / (1 + gap_penalty * gap). Blocking rounds (``overlap=False``, the DiLoCo schedule) are
+not stale and use s = 1. Both the penalty and the clipping use only quantities that are identical
+on every rank, so all ranks keep identical anchors. (The CO2 paper's own formulas could not be
+consulted offline here; these definitions are ours and documented as such. Unlike the authors'
+released code, whose clip discards the result of ``torch.clamp``, the clip here takes effect.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.amp.grad_scaler import OptState
+
+from distcomp.comm import CollectiveTimeout, TorchComm
+from distcomp.config import CompressionConfig
+from distcomp.ledger import ByteLedger
+from distcomp.lgreco import LGreCoConfig
+from distcomp.reducer import CompressedReducer
+
+
+@dataclass(frozen=True)
+class CO2Config:
+    """Knobs of the outer loop.
+
+    tau: local steps per round (>= 1). Larger hides slower links; the model is one round stale.
+    outer_lr: outer learning rate (> 0); 1 with outer_momentum 0 is plain parameter averaging.
+    outer_momentum: beta in [0, 1).
+    nesterov: Nesterov form of the outer momentum.
+    gap_penalty: strength of the staleness-gap penalty (>= 0; 0 disables it).
+    clip_norm: max L2 norm of the outer momentum over all parameters; None: no clipping.
+    overlap: True (CO2): apply the previous round's average while this one travels;
+        False (DiLoCo-style): wait for this round's average and apply it at once.
+    timeout_s: seconds any collective may take before the step fails with an error.
+    """
+
+    tau: int = 8
+    outer_lr: float = 1.0
+    outer_momentum: float = 0.5
+    nesterov: bool = False
+    gap_penalty: float = 1.0
+    clip_norm: float | None = None
+    overlap: bool = True
+    timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tau, bool) or not isinstance(self.tau, int) or self.tau < 1:
+            raise ValueError(f"tau must be an integer >= 1, got {self.tau!r}")
+        _check("outer_lr", self.outer_lr, 0.0, math.inf, low_open=True)
+        _check("outer_momentum", self.outer_momentum, 0.0, 1.0, high_open=True)
+        _check("gap_penalty", self.gap_penalty, 0.0, math.inf)
+        _check("timeout_s", self.timeout_s, 0.0, math.inf, low_open=True)
+        if self.clip_norm is not None:
+            _check("clip_norm", self.clip_norm, 0.0, math.inf, low_open=True)
+        for name in ("nesterov", "overlap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CO2Config:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown CO2 options {sorted(unknown)}")
+        return cls(**d)
+
+
+def _check(name: str, value, low: float, high: float, low_open: bool = False,
+           high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high) and math.isfinite(value)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
+
+
+class CO2:
+    """Wraps an inner optimizer; ``step()`` runs it and, every ``tau`` calls, the outer round.
+
+    Two lines in an existing DDP script (construct on every rank, after DDP)::
+
+        ddp_model.register_comm_hook(None, hooks.local_hook)   # no gradient all-reduce
+        optimizer = CO2(optimizer, ddp_model, tau=8)
+
+    With a GradScaler call ``optimizer.step(scaler=scaler)`` instead of ``scaler.step(...)``:
+    the ranks then agree on skipping a step (one 4-byte all-reduce per step), so scales and round
+    counters never drift apart. At the end of training call ``synchronize()`` (every rank) to
+    fold in the in-flight and current rounds and leave identical parameters everywhere.
+
+    Args:
+      inner: any optimizer over (a subset of) the model's parameters: SGD, AdamW, or torch's
+        ZeroRedundancyOptimizer (its own broadcasts run on the default group, ours on a
+        dedicated one, so they never collide).
+      model: the DDP model (or plain module) whose parameters the anchor covers.
+      compression: optional :class:`CompressionConfig` (or its dict) to compress the
+        pseudo-gradient with a distcomp compressor; ``lgreco`` adds adaptive per-tensor settings.
+      process_group: group to average over; default all ranks (a new group is made over it).
+      **options: :class:`CO2Config` fields.
+
+    Fields:
+      config: the validated :class:`CO2Config`.
+      anchor: flat fp32, the shared model x_t (identical on every rank).
+      base: flat fp32, where this rank's current round started (anchor - own last progress).
+      momentum: flat fp32 outer momentum.
+      rounds, steps: outer rounds completed; step() calls.
+      ledger: payload bytes handed to the all-reduce, per round.
+      reducer: CompressedReducer for the pseudo-gradient, or None.
+      last_scale: per-tensor staleness-penalty factors of the last outer step.
+    """
+
+    def __init__(self, inner: torch.optim.Optimizer, model: nn.Module, *,
+                 compression: CompressionConfig | dict | None = None,
+                 lgreco: LGreCoConfig | dict | None = None,
+                 process_group: dist.ProcessGroup | None = None, **options) -> None:
+        self.config = CO2Config.from_dict(options)
+        if isinstance(compression, dict):
+            compression = CompressionConfig.from_dict(compression)
+        if isinstance(lgreco, dict):
+            lgreco = LGreCoConfig.from_dict(lgreco)
+        if lgreco is not None and compression is None:
+            raise ValueError("lgreco needs a compression config (its uniform setting)")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no trainable parameters")
+        ids = {id(p) for _, p in named}
+        for group in inner.param_groups:
+            if any(id(p) not in ids for p in group["params"]):
+                raise ValueError("the inner optimizer holds parameters that are not the model's")
+        devices = {p.device for _, p in named}
+        if len(devices) != 1:
+            found = sorted(map(str, devices))
+            raise ValueError(f"all parameters must be on one device, found {found}")
+        if not dist.is_initialized():
+            raise RuntimeError("CO2 needs torch.distributed to be initialized first")
+        # -- validated; collectives from here on ---------------------------------------------
+        self.inner = inner
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.numels = [p.numel() for p in self.params]
+        ranks = None if process_group is None else dist.get_process_group_ranks(process_group)
+        self.group = dist.new_group(ranks=ranks)
+        self.comm = TorchComm(self.group, self.config.timeout_s)
+        self.flag_group = dist.new_group(ranks=ranks)  # never queued behind a pseudo-gradient
+        self.reducer = None
+        if compression is not None:
+            self.reducer = CompressedReducer(compression, self.comm.rank, lgreco)
+        self.ledger = self.reducer.ledger if self.reducer else ByteLedger()
+        self.anchor = self._flat().float()
+        src = dist.get_global_rank(self.group, 0)
+        _wait(dist.broadcast(self.anchor, src, group=self.group, async_op=True), "broadcast",
+              self.config.timeout_s)
+        self._load(self.anchor)
+        self.base = self.anchor.clone()  # where this rank's current round started
+        self.momentum = torch.zeros_like(self.anchor)
+        self.prev_avg: torch.Tensor | None = None  # D_{t-2}, for the staleness gap
+        self.last_scale: torch.Tensor | None = None
+        self.rounds = 0
+        self.steps = 0
+        self._inflight: tuple[Future | object, torch.Tensor] | None = None
+        self._ready: torch.Tensor | None = None  # an in-flight average already waited for
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="co2") if self.reducer else None
+
+    # -- optimizer surface ---------------------------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None, scaler: torch.amp.GradScaler | None = None):
+        """One inner step (skipped on every rank alike if any rank's scaled gradients overflow),
+        then the outer round every ``tau`` calls. Returns the closure's loss, if any."""
+        loss = None
+        if scaler is not None and scaler.is_enabled():
+            if closure is not None:
+                raise ValueError("closure is not supported together with a GradScaler")
+            state = scaler._per_optimizer_states[id(self.inner)]
+            if state["stage"] is OptState.READY:  # the user may have unscaled (for clipping)
+                scaler.unscale_(self.inner)
+            found = state["found_inf_per_device"]
+            flag = torch.zeros(1, device=self.anchor.device)
+            for v in found.values():
+                flag += v.to(flag.device)
+            _wait(dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.flag_group,
+                                  async_op=True),
+                  "all_reduce of the overflow flag", self.config.timeout_s)
+            for v in found.values():
+                v.fill_(float(flag.item() > 0))  # scaler.step and scaler.update see the same
+            scaler.step(self.inner)
+        else:
+            loss = self.inner.step(closure)
+        self.steps += 1
+        if self.steps % self.config.tau == 0:
+            self._round()
+        return loss
+
+    # -- the outer round -----------------------------------------------------------------------
+    def _round(self) -> None:
+        own = self.base - self._flat()  # this round's local progress d_t^i
+        if self.config.overlap:
+            previous = self._collect()
+            self._launch(own.clone())  # the collective owns (and overwrites) its buffer
+            if previous is not None:
+                self._apply(previous, stale=True)
+            # keep own unaveraged progress on top of the new anchor; the average replaces it
+            # next round, so no round's progress is dropped or counted twice
+            self.base = self.anchor - own
+        else:
+            self._launch(own)
+            self._apply(self._collect(), stale=False)
+            self.base = self.anchor.clone()
+        self.rounds += 1
+        self._load(self.base)
+
+    def synchronize(self) -> None:
+        """Fold the in-flight round and the current partial round into the anchor (blocking)
+        and load it into the model: afterwards every rank holds the same parameters."""
+        pending = self._collect()
+        if pending is not None:
+            self._apply(pending, stale=True)
+        self._launch(self.base - self._flat())
+        self._apply(self._collect(), stale=False)
+        self.base = self.anchor.clone()
+        self._load(self.base)
+
+    def _launch(self, delta: torch.Tensor) -> None:
+        if self.reducer is None:
+            self.ledger.record(self.rounds, "pseudo_gradient", delta.numel() * 4, "all_reduce")
+            self._inflight = (self.comm.all_reduce_sum(delta), delta)
+            return
+        views = list(torch.split(delta, self.numels))
+        shaped = [v.view_as(p) for v, p in zip(views, self.params)]
+        round_ = self.rounds
+
+        def run() -> None:
+            self.reducer.reduce(shaped, self.names, self.comm, round_)
+
+        self._inflight = (self._pool.submit(run), delta)
+
+    def _collect(self) -> torch.Tensor | None:
+        """The average launched last, waited for (None if nothing is in flight)."""
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            return ready
+        if self._inflight is None:
+            return None
+        handle, delta = self._inflight
+        self._inflight = None
+        if isinstance(handle, Future):
+            try:
+                handle.result(timeout=self.config.timeout_s + 5)
+            except TimeoutError as err:
+                raise CollectiveTimeout("compressed pseudo-gradient average timed out") from err
+            return delta  # the reducer averaged it in place
+        handle.wait()
+        return delta.div_(self.comm.world_size)
+
+    def _apply(self, avg: torch.Tensor, stale: bool) -> None:
+        c = self.config
+        scale = torch.ones(len(self.params), dtype=avg.dtype, device=avg.device)
+        if stale and c.gap_penalty > 0 and self.prev_avg is not None:
+            scale = 1.0 / (1.0 + c.gap_penalty * self._gap(avg, self.prev_avg))
+        self.prev_avg = avg
+        self.last_scale = scale
+        scaled = avg * torch.repeat_interleave(
+            scale, torch.tensor(self.numels, device=avg.device), output_size=avg.numel())
+        self.momentum.mul_(c.outer_momentum).add_(scaled)
+        if c.clip_norm is not None:
+            norm = float(self.momentum.norm())
+            if norm > c.clip_norm:
+                self.momentum.mul_(c.clip_norm / norm)
+        update = scaled.add(self.momentum, alpha=c.outer_momentum) if c.nesterov \
+            else self.momentum
+        self.anchor.add_(update, alpha=-c.outer_lr)
+
+    def _gap(self, avg: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Per-tensor ||D - D_prev|| / (||D|| + ||D_prev||), in [0, 1] (0 for zero tensors)."""
+        diff = torch.stack([x.norm() for x in torch.split(avg - prev, self.numels)])
+        size = torch.stack([a.norm() + b.norm() for a, b in
+                            zip(torch.split(avg, self.numels), torch.split(prev, self.numels))])
+        return torch.where(size > 0, diff / size.clamp_min(1e-30), torch.zeros_like(size))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).float() for p in self.params])
+
+    @torch.no_grad()
+    def _load(self, flat: torch.Tensor) -> None:
+        for p, a in zip(self.params, torch.split(flat, self.numels)):
+            p.copy_(a.view_as(p))
+
+    def anchor_digest(self) -> str:
+        """SHA-256 of the anchor's bytes: equal on all ranks after every round (for checks)."""
+        return hashlib.sha256(self.anchor.cpu().numpy().tobytes()).hexdigest()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Waits for an in-flight average first (it is part of the state); every rank's
+        in-flight all-reduce was launched already, so one rank may save alone."""
+        if self._inflight is not None:
+            self._ready = self._collect()
+        return {
+            "config": asdict(self.config),
+            "inner": self.inner.state_dict(),
+            "anchor": self.anchor.clone(),
+            "base": self.base.clone(),
+            "momentum": self.momentum.clone(),
+            "prev_avg": None if self.prev_avg is None else self.prev_avg.clone(),
+            "ready": None if self._ready is None else self._ready.clone(),
+            "rounds": self.rounds,
+            "steps": self.steps,
+            "names": list(self.names),
+            "reducer": None if self.reducer is None else self.reducer.state_dict(),
+            "ledger": self.ledger.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = CO2Config.from_dict(state["config"])
+        mine = {**asdict(self.config), "timeout_s": 0}
+        if {**asdict(saved), "timeout_s": 0} != mine:
+            raise ValueError(f"checkpoint was made with {saved}, this run uses {self.config}")
+        if state["names"] != self.names:
+            raise ValueError("checkpoint covers different parameters than this model")
+        if (state["reducer"] is None) != (self.reducer is None):
+            raise ValueError("checkpoint and this run disagree on pseudo-gradient compression")
+        dev = self.anchor.device
+        self.inner.load_state_dict(state["inner"])
+        self.anchor = state["anchor"].to(dev).clone()
+        self.base = state["base"].to(dev).clone()
+        self.momentum = state["momentum"].to(dev).clone()
+        self.prev_avg = None if state["prev_avg"] is None else state["prev_avg"].to(dev).clone()
+        self._ready = None if state["ready"] is None else state["ready"].to(dev).clone()
+        self._inflight = None
+        self.rounds, self.steps = int(state["rounds"]), int(state["steps"])
+        if self.reducer is not None:
+            self.reducer.load_state_dict(state["reducer"])
+            self.ledger = self.reducer.ledger
+        else:
+            self.ledger.load_state_dict(state["ledger"])
+
+
+def _wait(work: dist.Work, what: str, timeout_s: float) -> None:
+    from datetime import timedelta
+
+    try:
+        done = work.wait(timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as err:
+        raise CollectiveTimeout(f"{what} failed or timed out after {timeout_s:.0f}s "
+                                f"(a peer may have been lost): {err}") from err
+    if done is False:
+        raise CollectiveTimeout(f"{what} timed out after {timeout_s:.0f}s")
