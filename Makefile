@@ -48,8 +48,16 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco.json \
 	  --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd_wide,lgreco_powersgd_layersum,topk,lgreco_topk,qsgd,lgreco_qsgd
+	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco-long.json \
+	  --steps 150 --arms allreduce,powersgd,lgreco_powersgd
+	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco-rank8.json \
+	  --rank 8 --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd_wide
+	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
+	  --steps 150 --arms local,allreduce,diloco,co2,co2_qsgd
 	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \
-	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-lgreco.json
+	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-lgreco.json \
+	  $(RESULTS)/netbench-lgreco-long.json $(RESULTS)/netbench-lgreco-rank8.json \
+	  $(RESULTS)/netbench-co2.json
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache *.egg-info

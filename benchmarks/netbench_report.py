@@ -21,7 +21,7 @@ def plot(payload: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     workloads = payload["config"]["workloads"]
-    fig, axes = plt.subplots(len(workloads), 3, figsize=(16, 4.2 * len(workloads)), squeeze=False)
+    fig, axes = plt.subplots(len(workloads), 4, figsize=(21, 4.2 * len(workloads)), squeeze=False)
     for row, w in zip(axes, workloads):
         recs = [r for r in payload["results"] if r["workload"] == w]
         names = [r["arm"] for r in recs]
@@ -48,8 +48,16 @@ def plot(payload: dict, path: str) -> None:
             row[2].text(0.5, 0.5, "no loss curves", ha="center", transform=row[2].transAxes)
         row[2].set_xlabel("step")
         row[2].set_ylabel("training loss")
-        if row[2].lines:
-            row[2].legend(fontsize=7)
+        for r in recs:
+            curve = payload["curves"].get(f"{w}/{r['arm']}")
+            clock = payload.get("clocks", {}).get(f"{w}/{r['arm']}")
+            if curve and clock:
+                row[3].plot(clock, curve, label=r["arm"], color=_color(r["arm"]))
+        row[3].set_xlabel("wall-clock (s)")
+        row[3].set_ylabel("training loss")
+        for ax in row[2:]:
+            if ax.lines:
+                ax.legend(fontsize=7)
         row[0].set_title(f"{w}: bandwidth {payload['config']['bandwidth'] or 'unshaped'}")
     fig.tight_layout()
     _save(fig, path)
@@ -110,14 +118,16 @@ def section(payload: dict, json_path: str) -> str:
         f"untimed). Command: `{cfg['command']}` → `{json_path}`",
         "",
         "| workload | arm | status | wire MB/step | payload MB/step | wire/payload "
-        "| step time (s) | final loss | error ratio: gradient | error ratio: layer sum |",
+        "| step time (s) median / mean | final loss | error ratio: gradient "
+        "| error ratio: layer sum |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["results"]:
         if r["status"] == "ok":
             cells = [
                 _mb(r["wire_bytes_per_step"]), _mb(r["ledger_bytes_per_step"]),
-                _fmt(r["wire_over_ledger"], ".2f"), _fmt(r["step_time_s"], ".3f"),
+                _fmt(r["wire_over_ledger"], ".2f"),
+                _fmt(r["step_time_s"], ".3f") + " / " + _fmt(r.get("mean_step_time_s"), ".3f"),
                 _fmt(r["final_loss"], ".3f"),
                 *(_fmt((r.get("error_ratios") or {}).get(m), ".3f")
                   for m in ("gradient", "layer_sum")),

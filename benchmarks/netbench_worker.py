@@ -30,7 +30,12 @@ LGRECO_ARMS = {
     "lgreco_qsgd": ("qsgd", {}),
 }
 # local-updating arms (no gradient all-reduce): CO2 overlaps its outer all-reduce, DiLoCo blocks
-CO2_ARMS = {"co2": True, "diloco": False}
+# (co2_qsgd: the pseudo-gradient travels as 8-bit QSGD with error feedback)
+CO2_ARMS = {
+    "co2": {"overlap": True},
+    "diloco": {"overlap": False},
+    "co2_qsgd": {"overlap": True, "compression": {"method": "qsgd", "bits": 8}},
+}
 ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "topk", "qsgd",
         *LGRECO_ARMS, *CO2_ARMS]
 LR = {"lm": 1e-3, "cnn": 3e-3}
@@ -114,8 +119,8 @@ def main() -> None:
     if args.arm in CO2_ARMS:
         from distcomp.co2 import CO2
 
-        opt = state = CO2(opt, model, tau=args.tau, overlap=CO2_ARMS[args.arm],
-                          timeout_s=args.timeout)
+        opt = state = CO2(opt, model, tau=args.tau, timeout_s=args.timeout,
+                          **CO2_ARMS[args.arm])
     iface = os.environ.get("NETBENCH_IFACE")
 
     times, losses, clock = [], [], []

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.amp.grad_scaler import OptState
 
-from distcomp.comm import CollectiveTimeout, TorchComm
+from distcomp.comm import CollectiveTimeout, TorchComm, wait_work
 from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
@@ -125,7 +125,8 @@ class CO2:
         dedicated one, so they never collide).
       model: the DDP model (or plain module) whose parameters the anchor covers.
       compression: optional :class:`CompressionConfig` (or its dict) to compress the
-        pseudo-gradient with a distcomp compressor; ``lgreco`` adds adaptive per-tensor settings.
+        pseudo-gradient with a distcomp compressor (with error feedback across rounds);
+        ``lgreco`` adds adaptive per-tensor settings (its schedule counts rounds, not steps).
       process_group: group to average over; default all ranks (a new group is made over it).
       **options: :class:`CO2Config` fields.
 
@@ -179,8 +180,8 @@ class CO2:
         self.ledger = self.reducer.ledger if self.reducer else ByteLedger()
         self.anchor = self._flat().float()
         src = dist.get_global_rank(self.group, 0)
-        _wait(dist.broadcast(self.anchor, src, group=self.group, async_op=True), "broadcast",
-              self.config.timeout_s)
+        work = dist.broadcast(self.anchor, src, group=self.group, async_op=True)
+        wait_work(work, "broadcast of the initial parameters", self.config.timeout_s)
         self._load(self.anchor)
         self.base = self.anchor.clone()  # where this rank's current round started
         self.momentum = torch.zeros_like(self.anchor)
@@ -214,9 +215,9 @@ class CO2:
             flag = torch.zeros(1, device=self.anchor.device)
             for v in found.values():
                 flag += v.to(flag.device)
-            _wait(dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.flag_group,
-                                  async_op=True),
-                  "all_reduce of the overflow flag", self.config.timeout_s)
+            work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.flag_group,
+                                   async_op=True)
+            wait_work(work, "all_reduce of the overflow flag", self.config.timeout_s)
             for v in found.values():
                 v.fill_(float(flag.item() > 0))  # scaler.step and scaler.update see the same
             scaler.step(self.inner)
@@ -371,14 +372,3 @@ class CO2:
         else:
             self.ledger.load_state_dict(state["ledger"])
 
-
-def _wait(work: dist.Work, what: str, timeout_s: float) -> None:
-    from datetime import timedelta
-
-    try:
-        done = work.wait(timeout=timedelta(seconds=timeout_s))
-    except RuntimeError as err:
-        raise CollectiveTimeout(f"{what} failed or timed out after {timeout_s:.0f}s "
-                                f"(a peer may have been lost): {err}") from err
-    if done is False:
-        raise CollectiveTimeout(f"{what} timed out after {timeout_s:.0f}s")

@@ -31,20 +31,26 @@ class CollectiveTimeout(RuntimeError):
     """A collective did not finish within the configured timeout (a peer is probably gone)."""
 
 
+def wait_work(work: dist.Work, what: str, timeout_s: float) -> None:
+    """Wait for an async collective at most ``timeout_s``; a failure or timeout becomes a
+    :class:`CollectiveTimeout` that names the collective."""
+    try:
+        done = work.wait(timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as err:
+        raise CollectiveTimeout(
+            f"{what} failed or timed out after {timeout_s:.0f}s "
+            f"(a peer may have been lost): {err}"
+        ) from err
+    if done is False:
+        raise CollectiveTimeout(f"{what} timed out after {timeout_s:.0f}s")
+
+
 class _TorchHandle:
     def __init__(self, work: dist.Work, result: torch.Tensor, what: str, timeout_s: float):
         self._work, self._result, self._what, self._timeout_s = work, result, what, timeout_s
 
     def wait(self) -> torch.Tensor:
-        try:
-            done = self._work.wait(timeout=timedelta(seconds=self._timeout_s))
-        except RuntimeError as err:
-            raise CollectiveTimeout(
-                f"{self._what} failed or timed out after {self._timeout_s:.0f}s "
-                f"(a peer may have been lost): {err}"
-            ) from err
-        if done is False:
-            raise CollectiveTimeout(f"{self._what} timed out after {self._timeout_s:.0f}s")
+        wait_work(self._work, self._what, self._timeout_s)
         return self._result
 
 

@@ -50,8 +50,9 @@ def _digests(co2: CO2) -> list[str]:
 
 @pytest.mark.parametrize(
     "options, match",
-    [({"tau": 0}, "tau"), ({"outer_lr": 0.0}, "outer_lr"), ({"outer_momentum": 1.0},
-     "outer_momentum"), ({"gap_penalty": -1.0}, "gap_penalty"), ({"clip_norm": 0.0},
+    [({"tau": 0}, "tau"), ({"outer_lr": 0.0}, "outer_lr"), ({"outer_lr": -0.1}, "outer_lr"),
+     ({"outer_momentum": 1.0}, "outer_momentum"), ({"outer_momentum": -0.1}, "outer_momentum"),
+     ({"tau": 2.5}, "tau"), ({"gap_penalty": -1.0}, "gap_penalty"), ({"clip_norm": 0.0},
      "clip_norm"), ({"overlap": "yes"}, "overlap"), ({"taus": 4}, "unknown CO2 options"),
      ({"timeout_s": float("nan")}, "timeout_s")],
 )
@@ -84,10 +85,10 @@ def test_tau_one_without_staleness_is_synchronous_sgd():
         assert diff < 1e-5
 
 
-def _rounds(rank, world, compression=None):
+def _rounds(rank, world, compression=None, lgreco=None):
     model = _local_ddp()
     co2 = CO2(torch.optim.AdamW(model.parameters(), lr=1e-2), model, tau=3, outer_momentum=0.5,
-              nesterov=True, clip_norm=0.5, compression=compression)
+              nesterov=True, clip_norm=0.5, compression=compression, lgreco=lgreco)
     start = co2.anchor.clone()
     digests, params_after_round = [], []
     for r in range(5):
@@ -106,12 +107,17 @@ def _rounds(rank, world, compression=None):
     return {"digests": digests, "reset": params_after_round, "first_unchanged": first_unchanged,
             "final_equal": all(torch.equal(out[0], o) for o in out), "rounds": co2.rounds,
             "moved": float((co2.anchor - start).norm()), "losses": losses,
-            "bytes": co2.ledger.total}
+            "bytes": co2.ledger.total,
+            "plans": [] if lgreco is None else [p["settings"] for p in co2.reducer.lgreco.plans]}
 
 
-@pytest.mark.parametrize("compression", [None, {"method": "powersgd", "rank": 2}])
-def test_every_round_leaves_identical_anchors_one_round_stale(compression):
-    r0, r1 = run_ranks(_rounds, compression=compression)
+@pytest.mark.parametrize("compression, lgreco", [
+    (None, None),
+    ({"method": "powersgd", "rank": 2}, None),
+    ({"method": "powersgd", "rank": 2}, {"warmup_steps": 2, "period": 2, "window": 1}),
+])
+def test_every_round_leaves_identical_anchors_one_round_stale(compression, lgreco):
+    r0, r1 = run_ranks(_rounds, compression=compression, lgreco=lgreco)
     for a in (r0, r1):
         assert all(len(set(d)) == 1 for d in a["digests"]), a["digests"]  # identical anchors
         assert all(a["reset"])  # each round starts at the anchor + own unaveraged progress
@@ -119,6 +125,8 @@ def test_every_round_leaves_identical_anchors_one_round_stale(compression):
         assert a["final_equal"] and a["rounds"] == 6 and a["moved"] > 0
         assert a["bytes"] > 0
     assert r0["digests"] == r1["digests"]
+    # plans at rounds 2, 4 and 6 (the average synchronize() launches counts as round 6)
+    assert r0["plans"] == r1["plans"] and len(r0["plans"]) == (3 if lgreco else 0)
 
 
 def _penalty(rank, world):
@@ -260,3 +268,40 @@ def test_zero_redundancy_optimizer_as_the_inner_optimizer():
 def test_config_round_trips():
     c = CO2Config(tau=4, clip_norm=1.0)
     assert CO2Config.from_dict(asdict(c)) == c
+
+
+def _converge(rank, world, kind):
+    if kind == "ddp":
+        torch.manual_seed(0)
+        model = DDP(mlp())
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    else:
+        model = _local_ddp()
+        opt = CO2(torch.optim.AdamW(model.parameters(), lr=3e-3), model, tau=4,
+                  overlap=kind == "co2")
+    losses = _train(model, opt, rank, 0, 60)
+    return sum(losses[-10:]) / 10
+
+
+def test_co2_and_diloco_train_about_as_well_as_ddp():
+    ddp = run_ranks(_converge, kind="ddp")[0]
+    for kind in ("co2", "diloco"):
+        assert run_ranks(_converge, kind=kind)[0] < 1.15 * ddp, kind
+
+
+def _single(rank, world):
+    plain = _local_ddp()
+    opt = torch.optim.AdamW(plain.parameters(), lr=3e-3)
+    model = _local_ddp()
+    co2 = CO2(torch.optim.AdamW(model.parameters(), lr=3e-3), model, tau=3, outer_momentum=0.0,
+              gap_penalty=0.0)
+    _train(plain, opt, rank, 0, 20)
+    _train(model, co2, rank, 0, 20)
+    return max(float((a - b).abs().max()) for a, b in zip(plain.parameters(),
+                                                          model.parameters()))
+
+
+def test_one_rank_overlapped_averaging_is_plain_training():
+    # one rank, plain averaging: the one-round-late average must equal the progress it replaces,
+    # so no step is lost or applied twice
+    assert run_ranks(_single, world=1)[0] < 1e-6
