@@ -305,3 +305,26 @@ def test_one_rank_overlapped_averaging_is_plain_training():
     # one rank, plain averaging: the one-round-late average must equal the progress it replaces,
     # so no step is lost or applied twice
     assert run_ranks(_single, world=1)[0] < 1e-6
+
+
+def _silent_peer(rank, world):
+    import time
+
+    model = _local_ddp()
+    co2 = CO2(torch.optim.SGD(model.parameters(), lr=0.1), model, tau=3, timeout_s=2.0)
+    _train(model, co2, rank, 0, 3)  # round 1: both ranks launch its average
+    if rank == 1:
+        time.sleep(8)  # alive, but never launches round 2's average
+        return {"error": None}
+    start = time.monotonic()
+    try:
+        _train(model, co2, rank, 3, 9)  # round 2 launches; round 3 waits for it
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return {"error": f"{type(err).__name__}: {err}", "seconds": time.monotonic() - start}
+    return {"error": None}
+
+
+def test_a_silent_peer_fails_the_outer_round_instead_of_hanging():
+    r0 = run_ranks(_silent_peer, timeout_s=60)[0]
+    assert r0["error"] is not None and "CollectiveTimeout" in r0["error"], r0
+    assert r0["seconds"] < 10, r0
