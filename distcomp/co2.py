@@ -292,12 +292,13 @@ class CO2:
     def _apply(self, avg: torch.Tensor, stale: bool) -> None:
         c = self.config
         scale = torch.ones(len(self.params), dtype=avg.dtype, device=avg.device)
+        scaled = avg
         if stale and c.gap_penalty > 0 and self.prev_avg is not None:
             scale = 1.0 / (1.0 + c.gap_penalty * self._gap(avg, self.prev_avg))
+            scaled = avg * torch.repeat_interleave(
+                scale, torch.tensor(self.numels, device=avg.device), output_size=avg.numel())
         self.prev_avg = avg
         self.last_scale = scale
-        scaled = avg * torch.repeat_interleave(
-            scale, torch.tensor(self.numels, device=avg.device), output_size=avg.numel())
         self.momentum.mul_(c.outer_momentum).add_(scaled)
         if c.clip_norm is not None:
             norm = float(self.momentum.norm())
@@ -309,12 +310,14 @@ class CO2:
 
     def _gap(self, avg: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """Per-tensor ||D - D_prev|| / (||D|| + ||D_prev||), in [0, 1] (0 for zero tensors)."""
-        diff = torch.stack([x.norm() for x in torch.split(avg - prev, self.numels)])
-        size = torch.stack([a.norm() + b.norm() for a, b in
-                            zip(torch.split(avg, self.numels), torch.split(prev, self.numels))])
+        diff, size = self._norms(avg - prev), self._norms(avg) + self._norms(prev)
         return torch.where(size > 0, diff / size.clamp_min(1e-30), torch.zeros_like(size))
 
     # -- helpers -------------------------------------------------------------------------------
+    def _norms(self, flat: torch.Tensor) -> torch.Tensor:
+        """L2 norm of every parameter's slice of a flat buffer, (len(params),)."""
+        return torch.stack([x.norm() for x in torch.split(flat, self.numels)])
+
     def _flat(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1).float() for p in self.params])
 
@@ -344,8 +347,9 @@ class CO2:
             "rounds": self.rounds,
             "steps": self.steps,
             "names": list(self.names),
+            # with a reducer the ledger is the reducer's, saved inside its state
             "reducer": None if self.reducer is None else self.reducer.state_dict(),
-            "ledger": self.ledger.state_dict(),
+            "ledger": None if self.reducer is not None else self.ledger.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:

@@ -10,7 +10,6 @@ The uniform setting (rank / density / bits) is the budget: each plan minimises b
 total compression error stays <= alpha x what the uniform setting would cause.
 """
 
-import torch.distributed as dist
 from torch import nn
 
 from distcomp.lgreco import LGreCoConfig
@@ -21,20 +20,14 @@ class LGreCoState(CompressionState):
     """:class:`~hooks.ddp.CompressionState` with adaptive planning on by default.
 
     lgreco: :class:`~distcomp.lgreco.LGreCoConfig` or a dict of its fields (warmup_steps,
-    period, window, alpha, gamma, beta, topk_span, topk_points, qsgd_bits, bins).
+    period, window, alpha, error_measure, gamma, beta, topk_span, topk_points, qsgd_bits,
+    bins). Everything else (process_group, rank, timeout_s, ...) as for CompressionState.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        method: str = "powersgd",
-        *,
-        process_group: "dist.ProcessGroup | None" = None,
-        lgreco: "LGreCoConfig | dict | None" = None,
-        **options,
-    ):
-        super().__init__(model, method, process_group=process_group,
-                         lgreco=LGreCoConfig() if lgreco is None else lgreco, **options)
+    def __init__(self, model: nn.Module, method: str = "powersgd", *,
+                 lgreco: "LGreCoConfig | dict | None" = None, **options):
+        super().__init__(model, method, lgreco=LGreCoConfig() if lgreco is None else lgreco,
+                         **options)
 
 
 lgreco_hook = compression_hook

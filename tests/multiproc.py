@@ -88,3 +88,14 @@ def run_ranks(fn, world: int = 2, timeout_s: float = 180.0, pg_timeout_s: float 
             results.append(rec["result"])
         return results
 
+
+
+def outcome(fn) -> dict:
+    """Run ``fn()`` inside a rank; {"error": "Type: message" or None, "seconds": how long}.
+    For tests that expect a rank to fail (a lost peer) and check how fast it did."""
+    start = time.monotonic()
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return {"error": f"{type(err).__name__}: {err}", "seconds": time.monotonic() - start}
+    return {"error": None, "seconds": time.monotonic() - start}

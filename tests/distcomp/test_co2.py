@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from distcomp.co2 import CO2, CO2Config
 from hooks import local_hook
 from tests.models import Teacher, mlp
-from tests.multiproc import run_ranks
+from tests.multiproc import outcome, run_ranks
 
 
 def _batch(rank: int, step: int, n: int = 32):
@@ -316,12 +316,7 @@ def _silent_peer(rank, world):
     if rank == 1:
         time.sleep(8)  # alive, but never launches round 2's average
         return {"error": None}
-    start = time.monotonic()
-    try:
-        _train(model, co2, rank, 3, 9)  # round 2 launches; round 3 waits for it
-    except Exception as err:  # noqa: BLE001 - the test inspects it
-        return {"error": f"{type(err).__name__}: {err}", "seconds": time.monotonic() - start}
-    return {"error": None}
+    return outcome(lambda: _train(model, co2, rank, 3, 9))  # round 2 launches; 3 waits for it
 
 
 def test_a_silent_peer_fails_the_outer_round_instead_of_hanging():

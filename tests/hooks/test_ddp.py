@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from hooks import CompressionState, compression_hook
 from tests.models import ConvNet, Teacher, convnet_batch, mlp
-from tests.multiproc import run_ranks
+from tests.multiproc import outcome, run_ranks
 from tests.resume import resume_matches
 
 LOSSLESS = {"powersgd": {"rank": 1000}, "topk": {"density": 1.0}, "qsgd": {"bits": 32}}
@@ -320,12 +320,7 @@ def _silent_peer(rank, world):
     if rank == 1:
         time.sleep(8)  # alive, but never joins the next collective
         return {"error": None}
-    start = time.monotonic()
-    try:
-        model(torch.randn(4, 64)).sum().backward()
-    except Exception as err:  # noqa: BLE001 - the test inspects it
-        return {"error": f"{type(err).__name__}: {err}", "seconds": time.monotonic() - start}
-    return {"error": None}
+    return outcome(lambda: model(torch.randn(4, 64)).sum().backward())
 
 
 def test_a_silent_peer_becomes_an_error_not_a_hang():
