@@ -1,7 +1,7 @@
 """Two hosts, one slow link: every communication method measured by the same wire.
 
-    sudo python -m benchmarks.netbench [--quick] [--bandwidth 100mbit|none] [--delay 20ms]
-        [--arms local,allreduce,...] [--workloads lm,cnn] [--json PATH] [--plot PATH]
+    sudo python -m benchmarks.netbench [--quick] [--bandwidth 100mbit|none] [--burst 1mbit]
+        [--delay 20ms] [--arms local,allreduce,...] [--workloads lm,cnn] [--json PATH] [--plot PATH]
 
 Two network namespaces joined by a veth pair shaped with tc tbf (see benchmarks/netns.py) each
 run one training rank under ``torchrun --nnodes=2`` (c10d rendezvous on host A's address, gloo on
@@ -40,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"comma list from: {','.join(ARMS)}; or 'all' (default: the core arms)")
     p.add_argument("--workloads", default="lm,cnn")
     p.add_argument("--bandwidth", default="100mbit", help="tc rate, or 'none' for no shaping")
+    p.add_argument("--burst", default=None,
+                   help="tbf bucket, e.g. '1mbit' (default: the smallest that works for the rate)")
     p.add_argument("--delay", default=None, help="netem delay, e.g. '20ms' or '20ms 10ms'")
     p.add_argument("--quick", action="store_true", help="few steps: under 5 minutes")
     p.add_argument("--steps", type=int, default=None, help="override steps for every workload")
@@ -48,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--density", type=float, default=0.01, help="top-k density")
     p.add_argument("--bits", type=int, default=4, help="QSGD bits")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tau", type=int, default=8, help="local steps per co2 / diloco round")
+    p.add_argument("--tau", type=int, default=4, help="local steps per co2 / diloco round")
     p.add_argument("--arm-timeout", type=float, default=None,
                    help="seconds an arm may take in all (default 300 quick, 1800 full)")
     p.add_argument("--stall-timeout", type=float, default=90.0,
@@ -176,7 +178,13 @@ def merge(out_dir: Path, workload: str, arm: str) -> dict:
         "losses": curve,
         "clock": host_a["clock_s"],
         "plans": host_a.get("plans"),
+        "mean_round_wait_s": _mean(host_a.get("round_wait_s")),
+        "mean_round_s": _mean(host_a.get("round_s")),
     }
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def figures(results: list[dict]) -> dict:
@@ -241,7 +249,8 @@ def main(argv=None) -> int:
         return 2
     prepare(args.data)
     results = []
-    with TwoHosts(args.bandwidth, args.delay) as net, tempfile.TemporaryDirectory() as tmp:
+    link = TwoHosts(args.bandwidth, args.delay, args.burst)
+    with link as net, tempfile.TemporaryDirectory() as tmp:
         index = 0
         for workload in args.workloads:
             for arm in args.arms:
@@ -253,7 +262,8 @@ def main(argv=None) -> int:
     payload = {
         "benchmark": "netbench",
         "config": {
-            "bandwidth": args.bandwidth, "delay": args.delay, "quick": args.quick,
+            "bandwidth": args.bandwidth, "burst": net.burst, "delay": args.delay,
+            "quick": args.quick,
             "arms": args.arms, "workloads": args.workloads,
             "steps": {w: steps_for(args, w) for w in args.workloads},
             "warmup_steps": args.warmup_steps, "rank": args.rank, "density": args.density,

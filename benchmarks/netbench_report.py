@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from benchmarks.netns import default_burst
+
 START, END = "<!-- netbench:start -->", "<!-- netbench:end -->"
 
 
@@ -108,12 +110,21 @@ def _fmt(v, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
+def link_burst(cfg: dict) -> str:
+    """The tbf bucket a run used; files from before ``--burst`` existed used the rate's
+    default, which ``benchmarks.netns`` still computes the same way."""
+    if cfg.get("burst"):
+        return cfg["burst"]
+    return default_burst(cfg["bandwidth"]) if cfg["bandwidth"] else "none"
+
+
 def section(payload: dict, json_path: str) -> str:
     cfg, env = payload["config"], payload["config"]["env"]
     lines = [
         f"**{cfg['bandwidth'] or 'unshaped'} link"
         + (f", delay {cfg['delay']}" if cfg["delay"] else "")
-        + f"** — {env['cpus']}-core {env['machine']} CPU, torch {env['torch']}, 2 ranks "
+        + f"** (tbf burst {link_burst(cfg)}) — {env['cpus']}-core {env['machine']} CPU, "
+        f"torch {env['torch']}, 2 ranks "
         f"(one per network namespace), gloo; steps {cfg['steps']} ({cfg['warmup_steps']} "
         f"untimed). Command: `{cfg['command']}` → `{json_path}`",
         "",
@@ -141,7 +152,42 @@ def section(payload: dict, json_path: str) -> str:
         for w, f in payload["figures"].items()
     ]
     lines += ["", "Ratios (same run): " + "; ".join(figs)]
+    rounds = [f"{r['workload']}/{r['arm']} {r['mean_round_wait_s']:.3f} of "
+              f"{r['mean_round_s']:.3f}" for r in payload["results"]
+              if r["status"] == "ok" and r.get("mean_round_s") is not None]
+    if rounds:
+        lines += ["", "Outer rounds, seconds a round boundary waited for the average, of all it "
+                  "added to its step (slower rank, mean): " + ", ".join(rounds)]
+    for w in cfg["workloads"]:
+        at, losses = loss_at_wallclock(payload, w)
+        if len(losses) > 1:
+            lines += ["", f"Loss against wall-clock ({w}; mean of the last {WINDOW} steps done "
+                      f"by {at:.0f} s, when the fastest arm finished): "
+                      + ", ".join(f"{a} {v:.3f}" for a, v in losses.items())]
     return "\n".join(lines)
+
+
+WINDOW = 10
+
+
+def loss_at_wallclock(payload: dict, workload: str) -> tuple[float, dict[str, float]]:
+    """Each arm's training loss at the wall-clock time the fastest arm ended (a time budget,
+    where the final-loss column compares at equal steps)."""
+    runs = {}
+    for r in payload["results"]:
+        key = f"{workload}/{r['arm']}"
+        curve, clock = payload["curves"].get(key), payload.get("clocks", {}).get(key)
+        if r["workload"] == workload and r["status"] == "ok" and curve and clock:
+            runs[r["arm"]] = (curve, clock)
+    if not runs:
+        return 0.0, {}
+    at = min(clock[-1] for _, clock in runs.values())
+    out = {}
+    for arm, (curve, clock) in runs.items():
+        done = [loss for loss, t in zip(curve, clock) if t <= at][-WINDOW:]
+        if done:
+            out[arm] = sum(done) / len(done)
+    return at, out
 
 
 def update_readme(readme: str, json_paths: list[str]) -> None:

@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--lgreco-warmup", type=int, default=3)
     p.add_argument("--lgreco-period", type=int, default=20)
     p.add_argument("--lgreco-window", type=int, default=2)
-    p.add_argument("--tau", type=int, default=8, help="local steps per CO2 / DiLoCo round")
+    p.add_argument("--tau", type=int, default=4, help="local steps per CO2 / DiLoCo round")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -181,6 +181,11 @@ def main() -> None:
         "params": parameter_count(model),
         "dense_bytes": dense_grad_bytes(model),
     }
+    if args.arm in CO2_ARMS:  # per round, the slower rank's: blocked on the average / in total
+        for key, values in (("round_wait_s", state.wait_s), ("round_s", state.round_s)):
+            v = torch.tensor(values, dtype=torch.float64)
+            dist.all_reduce(v, op=dist.ReduceOp.MAX)
+            record[key] = v.tolist()
     lgreco = getattr(getattr(state, "reducer", None), "lgreco", None)
     if lgreco is not None:
         record["error_ratio"] = lgreco.error_ratio

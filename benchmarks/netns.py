@@ -83,11 +83,17 @@ class TwoHosts:
 
     bandwidth: tc rate such as "100mbit", "1gbit"; None for an unshaped link.
     delay: optional netem delay such as "20ms" (or "20ms 10ms" for jitter).
+    burst: tbf bucket such as "1mbit"; None picks the smallest that works for the rate. A
+      bucket smaller than one 64 KB GSO packet makes tbf segment every packet in software on
+      the shared CPU: a 100 Mbit/s TCP flow then slows compute on the same cores by ~20%
+      (``python -m benchmarks.link_cost``), a cost a real NIC does not put on the host.
     """
 
-    def __init__(self, bandwidth: str | None = "100mbit", delay: str | None = None):
+    def __init__(self, bandwidth: str | None = "100mbit", delay: str | None = None,
+                 burst: str | None = None):
         self.bandwidth = bandwidth
         self.delay = delay
+        self.burst = burst or (default_burst(bandwidth) if bandwidth else None)
         serial = next(_SERIAL)  # namespaces are deleted asynchronously: never reuse a name
         tag = f"{PREFIX}-{os.getpid()}-{serial}"
         self.ns = {"a": f"{tag}-a", "b": f"{tag}-b"}
@@ -143,7 +149,7 @@ class TwoHosts:
             # burst must hold at least one packet per timer tick at this rate; 32 kbit is what
             # the kernel docs suggest for ~100 mbit, scaled up for faster links
             _run(*tc, *parent, "handle", "2:", "tbf", "rate", self.bandwidth,
-                 "burst", _burst(self.bandwidth), "latency", "400ms")
+                 "burst", self.burst, "latency", "400ms")
 
     def close(self) -> None:
         """Kill whatever still runs inside the namespaces, then delete them (and the veth)."""
@@ -175,7 +181,7 @@ class TwoHosts:
         return int(stats["tx"]["bytes"]), int(stats["rx"]["bytes"])
 
 
-def _burst(rate: str) -> str:
+def default_burst(rate: str) -> str:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)bit", rate.lower())
     if not m:
         raise NetnsError(f"bandwidth must look like 100mbit, 1gbit or 500kbit, got {rate!r}")

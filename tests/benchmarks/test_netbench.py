@@ -31,7 +31,17 @@ def test_namespaces_are_created_and_removed():
         qdisc = subprocess.run(net.command("a", ["tc", "qdisc", "show"]), capture_output=True,
                                text=True).stdout
         assert "tbf" in qdisc and "rate 100Mbit" in qdisc
+        assert tbf_burst_bytes(net) < 5000  # 32 kbit
     assert mine() == []
+    with TwoHosts("100mbit", burst="1mbit") as net:
+        assert tbf_burst_bytes(net) > 65536  # a whole 64 KB GSO packet fits: no segmenting
+
+
+def tbf_burst_bytes(net: TwoHosts) -> int:
+    out = subprocess.run(net.command("a", ["tc", "-j", "qdisc", "show"]), capture_output=True,
+                         text=True, check=True).stdout
+    (tbf,) = [q for q in json.loads(out) if q["kind"] == "tbf"]
+    return tbf["options"]["burst"]
 
 
 def test_delay_uses_netem_or_says_why_not():
@@ -178,4 +188,19 @@ def test_co2_arms_record_mean_step_time_clock_and_overlap(tmp_path):
         assert recs[arm]["ledger_bytes_per_step"] == pytest.approx(4 * dense / 8, rel=0.01)
         assert recs[arm]["mean_step_time_s"] > 0
         assert len(payload["clocks"][f"cnn/{arm}"]) == 9
+        assert 0 <= recs[arm]["mean_round_wait_s"] <= recs[arm]["mean_round_s"]
     assert "co2_overlap" in payload["figures"]["cnn"]
+    assert payload["config"]["burst"] == "32kbit"
+
+
+def test_link_cost_measures_compute_next_to_a_saturating_flow(tmp_path):
+    from benchmarks import link_cost
+
+    out = tmp_path / "lc.json"
+    assert link_cost.main(["--bursts", "1mbit", "--seconds", "2", "--pairs", "1",
+                           "--json", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())["results"]
+    idle, flow = rec["phases"]
+    assert not idle["flow"] and flow["flow"] and min(idle["iters"] + flow["iters"]) > 0
+    assert 8 < rec["flow_MB_per_s"] < 13.5  # 100 Mbit/s is 12.5 MB/s
+    assert mine() == []
