@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    := OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1
 TORCHRUN := $(RUN) $(BIN)/torchrun --standalone --nproc_per_node=2
 
-.PHONY: venv sysdeps test lint demo bench clean
+.PHONY: venv sysdeps mpi test lint demo bench clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # System pieces from Debian's packages, installed only when missing and only as root.
-APT_PKGS := $(if $(shell command -v ip),,iproute2) $(if $(shell command -v tc),,iproute2)
+APT_PKGS := $(if $(shell command -v ip),,iproute2) $(if $(shell command -v tc),,iproute2) \
+            $(if $(shell command -v mpicc),,openmpi-bin libopenmpi-dev)
 sysdeps:
 	@if [ -n "$(strip $(APT_PKGS))" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
@@ -29,7 +30,13 @@ sysdeps:
 lint: venv
 	$(BIN)/ruff check .
 
-test: lint sysdeps
+# mpi4py (the mpi extra) compiles against the system's Open MPI, so it comes after sysdeps;
+# where it cannot install, the MPI tests skip and say so.
+mpi: venv sysdeps
+	@$(BIN)/python -c "import mpi4py" 2>/dev/null || $(BIN)/pip install -q 'mpi4py>=3.1' || \
+	  echo "mpi4py did not install: the mpirun tests will skip"
+
+test: lint sysdeps mpi
 	$(RUN) $(BIN)/python -m pytest -q
 
 demo: venv
@@ -55,6 +62,10 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_qsgd
 	$(RUN) $(BIN)/python -m benchmarks.link_cost --json $(RESULTS)/link_cost.json
+	$(RUN) $(BIN)/python -m benchmarks.data_quality --json $(RESULTS)/data_quality.json
+	$(RUN) $(BIN)/python -m benchmarks.data_scale --json $(RESULTS)/data_scale.json
+	$(BIN)/python -m benchmarks.data_report --readme README.md $(RESULTS)/data_quality.json \
+	  $(RESULTS)/data_scale.json
 	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-lgreco.json \
 	  $(RESULTS)/netbench-lgreco-long.json $(RESULTS)/netbench-lgreco-rank8.json \

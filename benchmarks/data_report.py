@@ -1,0 +1,67 @@
+"""README tables from ``benchmarks.data_quality`` and ``benchmarks.data_scale`` JSON.
+
+    python -m benchmarks.data_report --readme README.md QUALITY.json SCALE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+START, END = "<!-- data:start -->", "<!-- data:end -->"
+
+
+def quality(payload: dict, path: str) -> list[str]:
+    cfg = payload["config"]
+    lines = [f"Accuracy of a fixed MLP trained on the subset, test set, final model; mean ± std "
+             f"over {cfg['seeds']} paired seeds, difference to random in points and wins out of "
+             f"{cfg['seeds']}. Command: `{cfg['command']}` → `{path}` ({cfg['seconds']:.0f} s)",
+             "", "| dataset | method | 10% | 30% | 50% |", "|---|---|---|---|---|"]
+    rows: dict = {}
+    for r in payload["results"]:
+        cell = f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f}"
+        if r["method"] != "random":
+            cell += f" ({100 * r['diff_vs_random']:+.1f}, {r['wins']}/{r['seeds']})"
+        rows.setdefault((r["dataset"], r["method"]), {})[r["ratio"]] = cell
+    for (dataset, method), cells in rows.items():
+        lines.append(f"| {dataset} | {method} | " + " | ".join(
+            cells.get(ratio, "") for ratio in cfg["ratios"]) + " |")
+    return lines
+
+
+def scale(payload: dict, path: str) -> list[str]:
+    lines = [f"Command: `{payload['config']['command']}` → `{path}`", "",
+             "| n | dim | variant | seconds | peak RSS (GiB) |", "|---|---|---|---|---|"]
+    for r in payload["results"]:
+        if "seconds" in r:
+            lines.append(f"| {r['n']:,} | {r['dim']} | {r['method']} | {r['seconds']:.0f} | "
+                         f"{r['peak_rss_bytes'] / 2**30:.2f} |")
+        else:
+            lines.append(f"| {r['n']:,} | {r['dim']} | error | | |")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--readme", required=True)
+    p.add_argument("quality")
+    p.add_argument("scale")
+    args = p.parse_args()
+    blocks = []
+    for path, render in ((args.quality, quality), (args.scale, scale)):
+        with open(path) as f:
+            blocks += render(json.load(f), os.path.relpath(path)) + [""]
+    text = Path(args.readme).read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{args.readme} has no {START} ... {END} block to regenerate")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    tmp = Path(args.readme).with_suffix(".tmp")
+    tmp.write_text(head + START + "\n" + "\n".join(blocks) + END + tail)
+    tmp.replace(args.readme)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""A small model briefly trained on the data itself: the default source of features and scores.
+
+EL2N and GraNd score samples by the error of an early-training model, forgetting counts how
+often a sample flips from right to wrong between epochs, and dataset quantization needs an
+embedding; when the user brings neither a model nor an embedding column, all of them come from
+one short run of an MLP on the raw (flattened, standardised) inputs. Deterministic given the
+seed (single-threaded CPU kernels are; the run sets no thread count itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class Dynamics:
+    """What one short training run saw, per sample (n samples, C classes, H hidden units).
+
+    probs: (n, C) float32 softmax at the end of epoch ``score_epoch`` (early training).
+    correct: (epochs, n) bool, argmax == label after every epoch.
+    hidden: (n, H) float32 penultimate activations of the final model (the embedding).
+    final_probs: (n, C) float32 softmax of the final model (for GraNd with ``hidden``).
+    """
+
+    probs: np.ndarray
+    correct: np.ndarray
+    hidden: np.ndarray
+    final_probs: np.ndarray
+
+
+class ProbeMLP(nn.Module):
+    def __init__(self, d_in: int, classes: int, hidden: int = 128):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.head(h), h
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    return (x - x.mean(0)) / (x.std(0) + 1e-6)
+
+
+def train_probe(x: np.ndarray, labels: np.ndarray, *, epochs: int = 10, score_epoch: int = 2,
+                hidden: int = 128, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
+                progress: bool = False) -> Dynamics:
+    """Train :class:`ProbeMLP` for ``epochs`` on (x, labels) and record :class:`Dynamics`.
+
+    x: (n, ...) numeric, flattened; labels: (n,) ints in [0, C). ``score_epoch`` (1-based) is
+    the early epoch whose probabilities EL2N uses.
+    """
+    if not 1 <= score_epoch <= epochs:
+        raise ValueError(f"score_epoch must be in [1, epochs={epochs}], got {score_epoch}")
+    labels = np.asarray(labels)
+    classes = int(labels.max()) + 1
+    xs = torch.from_numpy(standardise(x))
+    ys = torch.from_numpy(labels.astype(np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = ProbeMLP(xs.shape[1], classes, hidden)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    correct = np.zeros((epochs, len(xs)), dtype=bool)
+    early = None
+    for epoch in _progress(range(epochs), progress, "probe epochs"):
+        model.train()
+        for idx in torch.randperm(len(xs), generator=gen).split(batch_size):
+            loss = F.cross_entropy(model(xs[idx])[0], ys[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        probs, hid = predict(model, xs)
+        correct[epoch] = probs.argmax(1) == labels
+        if epoch + 1 == score_epoch:
+            early = probs
+    return Dynamics(probs=early, correct=correct, hidden=hid, final_probs=probs)
+
+
+@torch.no_grad()
+def predict(model: ProbeMLP, xs: torch.Tensor, batch_size: int = 8192
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax (n, C), hidden (n, H)) as float32 numpy, in batches."""
+    model.eval()
+    probs, hidden = [], []
+    for chunk in xs.split(batch_size):
+        logits, h = model(chunk)
+        probs.append(F.softmax(logits, 1).numpy())
+        hidden.append(h.numpy())
+    return np.concatenate(probs), np.concatenate(hidden)
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc)
