@@ -249,8 +249,8 @@ def main(argv=None) -> int:
         return 2
     prepare(args.data)
     results = []
-    link = TwoHosts(args.bandwidth, args.delay, args.burst)
-    with link as net, tempfile.TemporaryDirectory() as tmp:
+    net = TwoHosts(args.bandwidth, args.delay, args.burst)
+    with net, tempfile.TemporaryDirectory() as tmp:
         index = 0
         for workload in args.workloads:
             for arm in args.arms:

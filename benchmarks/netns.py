@@ -85,8 +85,8 @@ class TwoHosts:
     delay: optional netem delay such as "20ms" (or "20ms 10ms" for jitter).
     burst: tbf bucket such as "1mbit"; None picks the smallest that works for the rate. A
       bucket smaller than one 64 KB GSO packet makes tbf segment every packet in software on
-      the shared CPU: a 100 Mbit/s TCP flow then slows compute on the same cores by ~20%
-      (``python -m benchmarks.link_cost``), a cost a real NIC does not put on the host.
+      the shared CPU: a 100 Mbit/s TCP flow then costs compute on the same cores 20-30% of
+      its work (``python -m benchmarks.link_cost``), a cost a real NIC does not put on the host.
     """
 
     def __init__(self, bandwidth: str | None = "100mbit", delay: str | None = None,
@@ -146,8 +146,6 @@ class TwoHosts:
                 raise
             parent = ["parent", "1:"]
         if self.bandwidth:
-            # burst must hold at least one packet per timer tick at this rate; 32 kbit is what
-            # the kernel docs suggest for ~100 mbit, scaled up for faster links
             _run(*tc, *parent, "handle", "2:", "tbf", "rate", self.bandwidth,
                  "burst", self.burst, "latency", "400ms")
 
@@ -182,6 +180,8 @@ class TwoHosts:
 
 
 def default_burst(rate: str) -> str:
+    """The smallest bucket that holds one packet per timer tick: 32 kbit, what the kernel docs
+    suggest for ~100 mbit, scaled up for faster links."""
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)bit", rate.lower())
     if not m:
         raise NetnsError(f"bandwidth must look like 100mbit, 1gbit or 500kbit, got {rate!r}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data_compress import scores
-from data_compress.quantize import class_targets, quantize
+from data_compress.quantize import check_ratio, quantize
 from data_compress.shard import Shards
 from data_compress.storage import (
     DataError,
@@ -105,7 +105,7 @@ def _quiet_datasets(progress: bool) -> None:
 def run(args) -> int:
     args.shards = shards = Shards()  # every rank validates alike, so all fail alike
     if hasattr(args, "ratio"):
-        class_targets(np.zeros(1), args.ratio)  # raises on a ratio outside (0, 1]
+        check_ratio(args.ratio)
     if getattr(args, "output", None):
         check_output(args.output, args.force)
     ds = load(args.input)

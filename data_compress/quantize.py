@@ -16,10 +16,15 @@ from data_compress.graphcut import graphcut_bins
 EXACT_LIMIT = 20_000  # class size above which method="auto" builds k-NN bins
 
 
-def class_targets(labels: np.ndarray, ratio: float) -> dict:
-    """Samples kept per class: round(ratio * n_c), at least one. Raises on a bad ratio."""
+def check_ratio(ratio: float) -> None:
+    """Raise ValueError unless 0 < ratio <= 1 (NaN and non-numbers included)."""
     if not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+
+
+def class_targets(labels: np.ndarray, ratio: float) -> dict:
+    """Samples kept per class: round(ratio * n_c), at least one. Raises on a bad ratio."""
+    check_ratio(ratio)
     classes, counts = np.unique(labels, return_counts=True)
     return {c: max(1, int(np.floor(ratio * n + 0.5))) for c, n in zip(classes.tolist(),
                                                                      counts.tolist())}

@@ -12,17 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from data_compress.graphcut import unit_rows
-from data_compress.quantize import class_targets
+from data_compress.quantize import check_ratio, class_targets
 
 
 # -- scores from training dynamics (see data_compress.dynamics) ---------------------------------
 def el2n(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """||softmax - onehot||_2 per sample; probs (n, C) or (runs, n, C), averaged over runs."""
-    probs = np.asarray(probs, dtype=np.float64)
-    probs = probs[None] if probs.ndim == 2 else probs
-    err = probs.copy()
-    err[:, np.arange(probs.shape[1]), labels] -= 1.0
-    return np.linalg.norm(err, axis=2).mean(0)
+    return np.linalg.norm(_error(probs, labels), axis=2).mean(0)
 
 
 def grand(probs: np.ndarray, labels: np.ndarray, hidden: np.ndarray) -> np.ndarray:
@@ -30,11 +26,15 @@ def grand(probs: np.ndarray, labels: np.ndarray, hidden: np.ndarray) -> np.ndarr
     ||p - y|| * sqrt(||h||^2 + 1) for penultimate features h (n, H); runs averaged like el2n."""
     hidden = np.asarray(hidden, dtype=np.float64)
     hidden = hidden[None] if hidden.ndim == 2 else hidden
-    probs = np.asarray(probs, dtype=np.float64)
-    probs = probs[None] if probs.ndim == 2 else probs
-    err = probs.copy()
-    err[:, np.arange(probs.shape[1]), labels] -= 1.0
-    return (np.linalg.norm(err, axis=2) * np.sqrt((hidden ** 2).sum(2) + 1.0)).mean(0)
+    err = np.linalg.norm(_error(probs, labels), axis=2)
+    return (err * np.sqrt((hidden ** 2).sum(2) + 1.0)).mean(0)
+
+
+def _error(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """softmax - onehot as (runs, n, C) float64, from (n, C) or (runs, n, C) probabilities."""
+    err = np.array(probs, dtype=np.float64, ndmin=3)
+    err[:, np.arange(err.shape[1]), labels] -= 1.0
+    return err
 
 
 def forgetting(correct: np.ndarray) -> np.ndarray:
@@ -59,22 +59,20 @@ def moderate(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 # -- selections ----------------------------------------------------------------------------------
-def _targets(labels: np.ndarray, ratio: float, class_balanced: bool) -> dict | int:
-    targets = class_targets(labels, ratio)
-    return targets if class_balanced else max(1, int(np.floor(ratio * len(labels) + 0.5)))
+def _groups(labels: np.ndarray, ratio: float, class_balanced: bool
+            ) -> list[tuple[np.ndarray, int]]:
+    """(members, budget) per class, or one group of everything with the global budget."""
+    if not class_balanced:
+        check_ratio(ratio)
+        return [(np.arange(len(labels)), max(1, int(np.floor(ratio * len(labels) + 0.5))))]
+    return [(np.flatnonzero(labels == c), t) for c, t in class_targets(labels, ratio).items()]
 
 
 def top(scores: np.ndarray, labels: np.ndarray, ratio: float, *,
         class_balanced: bool = True) -> np.ndarray:
     """Keep the highest scores (ties to the lower index)."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    targets = _targets(labels, ratio, class_balanced)
-    if isinstance(targets, int):
-        return np.sort(np.lexsort((np.arange(len(scores)), -scores))[:targets]).astype(np.int64)
-    kept = []
-    for c, t in targets.items():
-        m = np.flatnonzero(labels == c)
-        kept.append(m[np.lexsort((m, -scores[m]))[:t]])
+    kept = [m[np.lexsort((m, -scores[m]))[:t]] for m, t in _groups(labels, ratio, class_balanced)]
     return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
@@ -95,12 +93,9 @@ def coverage(scores: np.ndarray, labels: np.ndarray, ratio: float, *, strata: in
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     if not 0 <= hard_cut < 1:
         raise ValueError(f"hard_cut must be in [0, 1), got {hard_cut!r}")
-    targets = _targets(labels, ratio, class_balanced)
-    groups = [(None, np.arange(len(labels)), targets)] if isinstance(targets, int) else [
-        (c, np.flatnonzero(labels == c), t) for c, t in targets.items()]
     rng = np.random.default_rng(seed)
     kept = []
-    for _, members, budget in groups:
+    for members, budget in _groups(labels, ratio, class_balanced):
         order = members[np.lexsort((members, scores[members]))]  # easy -> hard
         pool = order[:max(budget, len(order) - int(hard_cut * len(order)))]
         s = scores[pool]
@@ -121,12 +116,9 @@ def k_center(features: np.ndarray, labels: np.ndarray, ratio: float, *, seed: in
     running min-distance per sample, updated in chunks after each pick."""
     x = np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels)
-    targets = _targets(labels, ratio, class_balanced)
-    groups = [(np.arange(len(x)), targets)] if isinstance(targets, int) else [
-        (np.flatnonzero(labels == c), t) for c, t in targets.items()]
     rng = np.random.default_rng(seed)
     kept = []
-    for members, budget in groups:
+    for members, budget in _groups(labels, ratio, class_balanced):
         sub = x[members]
         sq = np.einsum("ij,ij->i", sub, sub)
         near = np.full(len(sub), np.inf)

@@ -55,12 +55,3 @@ class Shards:
             return local
         parts = self.comm.gather(local, root=0)
         return np.mean(parts, axis=0) if self.root else None
-
-    def agree(self, ok: bool, message: str = "") -> None:
-        """Raise on every rank if any rank failed (so no rank waits on a dead peer)."""
-        if self.comm is None:
-            return
-        flags = self.comm.allgather((ok, message))
-        bad = [m for good, m in flags if not good]
-        if bad:
-            raise RuntimeError(bad[0])

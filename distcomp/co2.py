@@ -56,7 +56,7 @@ class CO2Config:
     """Knobs of the outer loop.
 
     tau: local steps per round (>= 1). Larger hides slower links but drifts further (the LM of
-        netbench at 100 Mbit/s: 4 hides the average and keeps the loss; 8 costs 7%).
+        netbench at 100 Mbit/s ended 3.7% above all-reduce's loss with 4, 7.5% with 8).
     outer_lr: outer learning rate (> 0); 1 with outer_momentum 0 is plain parameter averaging.
     outer_momentum: beta in [0, 1).
     nesterov: Nesterov form of the outer momentum.
@@ -275,8 +275,7 @@ class CO2:
             self.ledger.record(self.rounds, "pseudo_gradient", delta.numel() * 4, "all_reduce")
             self._inflight = (self.comm.all_reduce_sum(delta), delta)
             return
-        views = list(torch.split(delta, self.numels))
-        shaped = [v.view_as(p) for v, p in zip(views, self.params)]
+        shaped = [v.view_as(p) for v, p in zip(self._split(delta), self.params)]
         round_ = self.rounds
 
         def run() -> None:
