@@ -60,7 +60,7 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco-rank8.json \
 	  --rank 8 --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd_wide
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
-	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_qsgd
+	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
 	$(RUN) $(BIN)/python -m benchmarks.link_cost --json $(RESULTS)/link_cost.json
 	$(RUN) $(BIN)/python -m benchmarks.data_quality --json $(RESULTS)/data_quality.json
 	$(RUN) $(BIN)/python -m benchmarks.data_scale --json $(RESULTS)/data_scale.json
@@ -69,7 +69,7 @@ bench: venv sysdeps
 	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-lgreco.json \
 	  $(RESULTS)/netbench-lgreco-long.json $(RESULTS)/netbench-lgreco-rank8.json \
-	  $(RESULTS)/netbench-co2.json
+	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache *.egg-info

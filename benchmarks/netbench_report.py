@@ -129,7 +129,7 @@ def section(payload: dict, json_path: str) -> str:
         f"untimed). Command: `{cfg['command']}` → `{json_path}`",
         "",
         "| workload | arm | status | wire MB/step | payload MB/step | wire/payload "
-        "| step time (s) median / mean | final loss | error ratio: gradient "
+        "| step time (s) median / mean / wall | final loss | error ratio: gradient "
         "| error ratio: layer sum |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -138,7 +138,8 @@ def section(payload: dict, json_path: str) -> str:
             cells = [
                 _mb(r["wire_bytes_per_step"]), _mb(r["ledger_bytes_per_step"]),
                 _fmt(r["wire_over_ledger"], ".2f"),
-                _fmt(r["step_time_s"], ".3f") + " / " + _fmt(r.get("mean_step_time_s"), ".3f"),
+                " / ".join(_fmt(r.get(k), ".3f") for k in
+                           ("step_time_s", "mean_step_time_s", "wall_step_time_s")),
                 _fmt(r["final_loss"], ".3f"),
                 *(_fmt((r.get("error_ratios") or {}).get(m), ".3f")
                   for m in ("gradient", "layer_sum")),

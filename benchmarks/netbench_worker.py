@@ -30,11 +30,12 @@ LGRECO_ARMS = {
     "lgreco_qsgd": ("qsgd", {}),
 }
 # local-updating arms (no gradient all-reduce): CO2 overlaps its outer all-reduce, DiLoCo blocks
-# (co2_qsgd: the pseudo-gradient travels as 8-bit QSGD with error feedback)
+# (co2_qsgd: the pseudo-gradient travels as 8-bit QSGD with error feedback; co2_bf16: as bf16)
 CO2_ARMS = {
     "co2": {"overlap": True},
     "diloco": {"overlap": False},
     "co2_qsgd": {"overlap": True, "compression": {"method": "qsgd", "bits": 8}},
+    "co2_bf16": {"overlap": True, "wire_dtype": "bfloat16"},
 }
 ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "topk", "qsgd",
         *LGRECO_ARMS, *CO2_ARMS]
@@ -131,6 +132,7 @@ def main() -> None:
         if step == args.warmup_steps:
             dist.barrier()
             before = iface_counters(iface)
+            timed_from = time.perf_counter()
         start = time.perf_counter()
         x, y = workload.batch(step, rank)
         loss = workload.loss(model(x), y)
@@ -141,9 +143,11 @@ def main() -> None:
         clock.append(time.perf_counter() - t0)
         if step >= args.warmup_steps:
             times.append(time.perf_counter() - start)
+    elapsed = torch.tensor([time.perf_counter() - timed_from], dtype=torch.float64)
     dist.barrier()
     after = iface_counters(iface)
     timed = args.steps - args.warmup_steps
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the job ends when its slowest rank does
 
     # slowest rank per step is the step time; mean loss over ranks (both after timing)
     t = torch.tensor(times, dtype=torch.float64)
@@ -175,6 +179,7 @@ def main() -> None:
         "timed_steps": timed,
         "step_time_s": statistics.median(t.tolist()),
         "mean_step_time_s": statistics.fmean(t.tolist()),
+        "wall_step_time_s": float(elapsed) / timed,
         "clock_s": clock,
         "losses": curve.tolist(),
         "ledger_bytes_per_step": ledger,

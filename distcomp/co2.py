@@ -50,6 +50,8 @@ from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
 from distcomp.reducer import CompressedReducer
 
+WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 @dataclass(frozen=True)
 class CO2Config:
@@ -65,6 +67,10 @@ class CO2Config:
     overlap: True (CO2): apply the previous round's average while this one travels;
         False (DiLoCo-style): wait for this round's average and apply it at once.
     timeout_s: seconds any collective may take before the step fails with an error.
+    wire_dtype: "float32", "bfloat16" or "float16": the type the pseudo-gradient travels in
+        when no compressor is set. 16 bits halve the bytes and the transfer time; what rounding
+        drops is kept per rank (error feedback) and sent with the next round. The sum itself
+        runs in that type (one rounding per added rank).
     """
 
     tau: int = 4
@@ -75,6 +81,7 @@ class CO2Config:
     clip_norm: float | None = None
     overlap: bool = True
     timeout_s: float = 300.0
+    wire_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, bool) or not isinstance(self.tau, int) or self.tau < 1:
@@ -85,6 +92,9 @@ class CO2Config:
         _check("timeout_s", self.timeout_s, 0.0, math.inf, low_open=True)
         if self.clip_norm is not None:
             _check("clip_norm", self.clip_norm, 0.0, math.inf, low_open=True)
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}, "
+                             f"got {self.wire_dtype!r}")
         for name in ("nesterov", "overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -114,7 +124,7 @@ class CO2:
     Two lines in an existing DDP script (construct on every rank, after DDP)::
 
         ddp_model.register_comm_hook(None, hooks.local_hook)   # no gradient all-reduce
-        optimizer = CO2(optimizer, ddp_model, tau=8)
+        optimizer = CO2(optimizer, ddp_model, tau=4)
 
     With a GradScaler call ``optimizer.step(scaler=scaler)`` instead of ``scaler.step(...)``:
     the ranks then agree on skipping a step (one 4-byte all-reduce per step), so scales and round
@@ -137,6 +147,7 @@ class CO2:
       anchor: flat fp32, the shared model x_t (identical on every rank).
       base: flat fp32, where this rank's current round started (anchor - own last progress).
       momentum: flat fp32 outer momentum.
+      residual: flat fp32, what 16-bit rounding has not sent yet (None with the fp32 wire).
       rounds, steps: outer rounds completed; step() calls.
       ledger: payload bytes handed to the all-reduce, per round.
       reducer: CompressedReducer for the pseudo-gradient, or None.
@@ -157,6 +168,9 @@ class CO2:
             lgreco = LGreCoConfig.from_dict(lgreco)
         if lgreco is not None and compression is None:
             raise ValueError("lgreco needs a compression config (its uniform setting)")
+        if compression is not None and self.config.wire_dtype != "float32":
+            raise ValueError("wire_dtype applies to the uncompressed all-reduce; with a "
+                             "compression config the compressor sets the wire format")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no trainable parameters")
@@ -190,6 +204,8 @@ class CO2:
         self._load(self.anchor)
         self.base = self.anchor.clone()  # where this rank's current round started
         self.momentum = torch.zeros_like(self.anchor)
+        self.wire = WIRE_DTYPES[self.config.wire_dtype]
+        self.residual = None if self.wire is torch.float32 else torch.zeros_like(self.anchor)
         self.prev_avg: torch.Tensor | None = None  # D_{t-2}, for the staleness gap
         self.last_scale: torch.Tensor | None = None
         self.rounds = 0
@@ -272,7 +288,13 @@ class CO2:
 
     def _launch(self, delta: torch.Tensor) -> None:
         if self.reducer is None:
-            self.ledger.record(self.rounds, "pseudo_gradient", delta.numel() * 4, "all_reduce")
+            if self.residual is not None:  # error feedback: send what rounding dropped later
+                delta.add_(self.residual)
+                wire = delta.to(self.wire)
+                torch.sub(delta, wire, out=self.residual)
+                delta = wire
+            nbytes = delta.numel() * delta.element_size()
+            self.ledger.record(self.rounds, "pseudo_gradient", nbytes, "all_reduce")
             self._inflight = (self.comm.all_reduce_sum(delta), delta)
             return
         shaped = [v.view_as(p) for v, p in zip(self._split(delta), self.params)]
@@ -302,6 +324,8 @@ class CO2:
             return delta  # the reducer averaged it in place
         handle.wait()
         self._waited += time.perf_counter() - start
+        if delta.dtype != torch.float32:
+            return delta.float().div_(self.comm.world_size)
         return delta.div_(self.comm.world_size)
 
     def _apply(self, avg: torch.Tensor, stale: bool) -> None:
@@ -370,6 +394,7 @@ class CO2:
             "base": self.base.clone(),
             "momentum": self.momentum.clone(),
             "prev_avg": None if self.prev_avg is None else self.prev_avg.clone(),
+            "residual": None if self.residual is None else self.residual.clone(),
             "ready": None if self._ready is None else self._ready.clone(),
             "rounds": self.rounds,
             "steps": self.steps,
@@ -395,6 +420,8 @@ class CO2:
         self.momentum = state["momentum"].to(dev).clone()
         self.prev_avg = None if state["prev_avg"] is None else state["prev_avg"].to(dev).clone()
         self._ready = None if state["ready"] is None else state["ready"].to(dev).clone()
+        if self.residual is not None:
+            self.residual = state["residual"].to(dev).clone()
         self._inflight = None
         self.rounds, self.steps = int(state["rounds"]), int(state["steps"])
         if self.reducer is not None:

@@ -54,12 +54,19 @@ def _digests(co2: CO2) -> list[str]:
      ({"outer_momentum": 1.0}, "outer_momentum"), ({"outer_momentum": -0.1}, "outer_momentum"),
      ({"tau": 2.5}, "tau"), ({"gap_penalty": -1.0}, "gap_penalty"), ({"clip_norm": 0.0},
      "clip_norm"), ({"overlap": "yes"}, "overlap"), ({"taus": 4}, "unknown CO2 options"),
-     ({"timeout_s": float("nan")}, "timeout_s")],
+     ({"timeout_s": float("nan")}, "timeout_s"), ({"wire_dtype": "int8"}, "wire_dtype")],
 )
 def test_invalid_options_raise_before_any_collective(options, match):
     model = mlp()  # no process group exists: a collective here would raise something else
     with pytest.raises(ValueError, match=match):
         CO2(torch.optim.SGD(model.parameters(), lr=0.1), model, **options)
+
+
+def test_a_wire_dtype_together_with_a_compressor_is_refused():
+    model = mlp()
+    with pytest.raises(ValueError, match="wire_dtype"):
+        CO2(torch.optim.SGD(model.parameters(), lr=0.1), model, wire_dtype="bfloat16",
+            compression={"method": "qsgd", "bits": 8})
 
 
 def test_foreign_parameters_are_refused():
@@ -85,10 +92,11 @@ def test_tau_one_without_staleness_is_synchronous_sgd():
         assert diff < 1e-5
 
 
-def _rounds(rank, world, compression=None, lgreco=None):
+def _rounds(rank, world, compression=None, lgreco=None, wire_dtype="float32"):
     model = _local_ddp()
     co2 = CO2(torch.optim.AdamW(model.parameters(), lr=1e-2), model, tau=3, outer_momentum=0.5,
-              nesterov=True, clip_norm=0.5, compression=compression, lgreco=lgreco)
+              nesterov=True, clip_norm=0.5, compression=compression, lgreco=lgreco,
+              wire_dtype=wire_dtype)
     start = co2.anchor.clone()
     digests, params_after_round = [], []
     for r in range(5):
@@ -107,17 +115,18 @@ def _rounds(rank, world, compression=None, lgreco=None):
     return {"digests": digests, "reset": params_after_round, "first_unchanged": first_unchanged,
             "final_equal": all(torch.equal(out[0], o) for o in out), "rounds": co2.rounds,
             "moved": float((co2.anchor - start).norm()), "losses": losses,
-            "bytes": co2.ledger.total,
+            "bytes": co2.ledger.total, "numel": co2.anchor.numel(),
             "plans": [] if lgreco is None else [p["settings"] for p in co2.reducer.lgreco.plans]}
 
 
-@pytest.mark.parametrize("compression, lgreco", [
-    (None, None),
-    ({"method": "powersgd", "rank": 2}, None),
-    ({"method": "powersgd", "rank": 2}, {"warmup_steps": 2, "period": 2, "window": 1}),
+@pytest.mark.parametrize("compression, lgreco, wire_dtype", [
+    (None, None, "float32"),
+    (None, None, "bfloat16"),
+    ({"method": "powersgd", "rank": 2}, None, "float32"),
+    ({"method": "powersgd", "rank": 2}, {"warmup_steps": 2, "period": 2, "window": 1}, "float32"),
 ])
-def test_every_round_leaves_identical_anchors_one_round_stale(compression, lgreco):
-    r0, r1 = run_ranks(_rounds, compression=compression, lgreco=lgreco)
+def test_every_round_leaves_identical_anchors_one_round_stale(compression, lgreco, wire_dtype):
+    r0, r1 = run_ranks(_rounds, compression=compression, lgreco=lgreco, wire_dtype=wire_dtype)
     for a in (r0, r1):
         assert all(len(set(d)) == 1 for d in a["digests"]), a["digests"]  # identical anchors
         assert all(a["reset"])  # each round starts at the anchor + own unaveraged progress
@@ -127,6 +136,30 @@ def test_every_round_leaves_identical_anchors_one_round_stale(compression, lgrec
     assert r0["digests"] == r1["digests"]
     # plans at rounds 2, 4 and 6 (the average synchronize() launches counts as round 6)
     assert r0["plans"] == r1["plans"] and len(r0["plans"]) == (3 if lgreco else 0)
+    if compression is None:  # 6 rounds + the final synchronize, 4 or 2 bytes per element
+        width = 2 if wire_dtype == "bfloat16" else 4
+        assert r0["bytes"] == 7 * width * r0["numel"]
+
+
+def _feedback(rank, world, wire_dtype):
+    model = _local_ddp()
+    co2 = CO2(torch.optim.SGD(model.parameters(), lr=0.1), model, wire_dtype=wire_dtype)
+    delta = torch.full_like(co2.anchor, 1e-3 * (1 + 2**-10))  # between two bf16 values
+    sent = torch.zeros(delta.numel(), dtype=torch.float64)
+    for _ in range(64):
+        co2._launch(delta.clone())
+        sent += co2._collect().double()
+    return float((sent - 64 * delta.double()).abs().max()), float(delta[0])
+
+
+def test_sixteen_bit_rounding_is_fed_back_instead_of_accumulating():
+    # one rank: the average is what was sent; its running sum must track the true sum within
+    # one rounding (error feedback), not drift by 64 roundings as plain casting would
+    err, value = run_ranks(_feedback, world=1, wire_dtype="bfloat16")[0]
+    one_rounding = abs(value - float(torch.tensor(value).to(torch.bfloat16)))
+    assert 0 < one_rounding and err <= 1.01 * one_rounding, (err, one_rounding)
+    exact, _ = run_ranks(_feedback, world=1, wire_dtype="float32")[0]
+    assert exact < 1e-12
 
 
 def _penalty(rank, world):
@@ -175,20 +208,20 @@ def test_clipping_bounds_the_outer_momentum_norm():
     assert max(clipped) == pytest.approx(bound, rel=1e-5)
 
 
-def _make(compression=None):
+def _make(compression=None, **options):
     model = _local_ddp()
     return model, CO2(torch.optim.AdamW(model.parameters(), lr=1e-2), model, tau=3,
-                      compression=compression)
+                      compression=compression, **options)
 
 
-def _resume(rank, world, compression=None):
-    model, co2 = _make(compression)
+def _resume(rank, world, compression=None, **options):
+    model, co2 = _make(compression, **options)
     _train(model, co2, rank, 0, 7)  # round 2 is in flight, mid-round 3
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "co2": co2.state_dict()}, buf)
     _train(model, co2, rank, 7, 8)
     expected = copy.deepcopy(model.state_dict())
-    model2, co2b = _make(compression)
+    model2, co2b = _make(compression, **options)
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=False)
     model2.load_state_dict(ckpt["model"])
@@ -198,9 +231,10 @@ def _resume(rank, world, compression=None):
     return same, torch.equal(co2.anchor, co2b.anchor), co2b.rounds
 
 
-@pytest.mark.parametrize("compression", [None, {"method": "qsgd", "bits": 4}])
-def test_resume_with_a_round_in_flight_is_bit_identical(compression):
-    for same, anchors, rounds in run_ranks(_resume, compression=compression):
+@pytest.mark.parametrize("compression, options", [
+    (None, {}), (None, {"wire_dtype": "bfloat16"}), ({"method": "qsgd", "bits": 4}, {})])
+def test_resume_with_a_round_in_flight_is_bit_identical(compression, options):
+    for same, anchors, rounds in run_ranks(_resume, compression=compression, **options):
         assert same and anchors and rounds == 5
 
 
@@ -278,14 +312,15 @@ def _converge(rank, world, kind):
     else:
         model = _local_ddp()
         opt = CO2(torch.optim.AdamW(model.parameters(), lr=3e-3), model, tau=4,
-                  overlap=kind == "co2")
+                  overlap=kind != "diloco",
+                  wire_dtype="bfloat16" if kind == "co2_bf16" else "float32")
     losses = _train(model, opt, rank, 0, 60)
     return sum(losses[-10:]) / 10
 
 
 def test_co2_and_diloco_train_about_as_well_as_ddp():
     ddp = run_ranks(_converge, kind="ddp")[0]
-    for kind in ("co2", "diloco"):
+    for kind in ("co2", "co2_bf16", "diloco"):
         assert run_ranks(_converge, kind=kind)[0] < 1.15 * ddp, kind
 
 
