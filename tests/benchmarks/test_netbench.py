@@ -176,20 +176,22 @@ def test_lgreco_arm_records_error_ratio_and_plans(tmp_path):
 def test_co2_arms_record_mean_step_time_clock_and_overlap(tmp_path):
     out = tmp_path / "nb.json"
     assert netbench.main([
-        "--workloads", "cnn", "--arms", "local,diloco,co2", "--steps", "9", "--warmup-steps",
+        "--workloads", "cnn", "--arms", "local,diloco,co2,co2_bf16", "--steps", "9",
+        "--warmup-steps",
         "1", "--tau", "2", "--json", str(out), "--data", str(REPO / "bench-results" / "data"),
     ]) == 0
     payload = json.loads(out.read_text())
     recs = {r["arm"]: r for r in payload["results"]}
     assert all(r["status"] == "ok" for r in recs.values()), recs
     dense = recs["co2"]["dense_bytes"]
-    for arm in ("co2", "diloco"):
-        # rounds end at steps 1, 3, 5, 7: all four inside the 8 timed steps, one fp32 copy each
-        assert recs[arm]["ledger_bytes_per_step"] == pytest.approx(4 * dense / 8, rel=0.01)
-        assert recs[arm]["mean_step_time_s"] > 0
+    for arm, width in (("co2", 4), ("diloco", 4), ("co2_bf16", 2)):
+        # rounds end at steps 1, 3, 5, 7: all four inside the 8 timed steps, one copy each
+        assert recs[arm]["ledger_bytes_per_step"] == pytest.approx(width * dense / 8, rel=0.01)
+        assert recs[arm]["mean_step_time_s"] > 0 and recs[arm]["wall_step_time_s"] > 0
         assert len(payload["clocks"][f"cnn/{arm}"]) == 9
         assert 0 <= recs[arm]["mean_round_wait_s"] <= recs[arm]["mean_round_s"]
     assert "co2_overlap" in payload["figures"]["cnn"]
+    assert payload["figures"]["cnn"]["co2_bf16_over_local_wall_time"] > 0
     assert payload["config"]["burst"] == "32kbit"
 
 
