@@ -9,6 +9,7 @@ seed (single-threaded CPU kernels are; the run sets no thread count itself).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,11 +53,16 @@ def standardise(x: np.ndarray) -> np.ndarray:
 
 def train_probe(x: np.ndarray, labels: np.ndarray, *, epochs: int = 10, score_epoch: int = 2,
                 hidden: int = 128, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
-                progress: bool = False) -> Dynamics:
-    """Train :class:`ProbeMLP` for ``epochs`` on (x, labels) and record :class:`Dynamics`.
+                progress: bool = False,
+                make_model: Callable[[int, int], nn.Module] | None = None) -> Dynamics:
+    """Train a probe for ``epochs`` on (x, labels) and record :class:`Dynamics`.
 
-    x: (n, ...) numeric, flattened; labels: (n,) ints in [0, C). ``score_epoch`` (1-based) is
-    the early epoch whose probabilities EL2N uses.
+    x: (n, ...) numeric, flattened and standardised; labels: (n,) ints in [0, C).
+    ``score_epoch`` (1-based) is the early epoch whose probabilities EL2N uses.
+    ``make_model(d, C)`` builds the probe after seeding (so the run stays deterministic): a
+    module mapping a (batch, d) float32 tensor to (logits (batch, C), hidden (batch, H)), for
+    data whose structure an MLP misses (a 1-D CNN for signals, say); default
+    :class:`ProbeMLP` with ``hidden`` units.
     """
     if not 1 <= score_epoch <= epochs:
         raise ValueError(f"score_epoch must be in [1, epochs={epochs}], got {score_epoch}")
@@ -66,7 +72,10 @@ def train_probe(x: np.ndarray, labels: np.ndarray, *, epochs: int = 10, score_ep
     ys = torch.from_numpy(labels.astype(np.int64))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = ProbeMLP(xs.shape[1], classes, hidden)
+    if make_model is None:
+        model = ProbeMLP(xs.shape[1], classes, hidden)
+    else:
+        model = make_model(xs.shape[1], classes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     correct = np.zeros((epochs, len(xs)), dtype=bool)
     early = None
@@ -85,7 +94,7 @@ def train_probe(x: np.ndarray, labels: np.ndarray, *, epochs: int = 10, score_ep
 
 
 @torch.no_grad()
-def predict(model: ProbeMLP, xs: torch.Tensor, batch_size: int = 8192
+def predict(model: nn.Module, xs: torch.Tensor, batch_size: int = 8192
             ) -> tuple[np.ndarray, np.ndarray]:
     """(softmax (n, C), hidden (n, H)) as float32 numpy, in batches."""
     model.eval()

@@ -37,3 +37,18 @@ def test_data_scale_records(tmp_path):
         assert r["method"] == "exact"  # classes of ~2,000: below the k-NN switch
         assert r["seconds"] > 0 and r["peak_rss_bytes"] > 10 * 2**20
         assert r["kept"] == pytest.approx(r["n"] / 10, abs=10)
+
+
+def test_data_quality_does_not_depend_on_the_number_of_processes(tmp_path):
+    from benchmarks import data_quality
+
+    runs = []
+    for jobs in (1, 2):
+        out = tmp_path / f"q{jobs}.json"
+        assert data_quality.main(["--datasets", "mnist1d", "--methods", "random,kcenter",
+                                  "--seeds", "2", "--steps", "20", "--probe-epochs", "1",
+                                  "--jobs", str(jobs), "--json", str(out)]) == 0
+        payload = json.loads(out.read_text())
+        assert payload["config"]["models"] == {"mnist1d": "SignalCNN"}
+        runs.append(payload["results"])
+    assert runs[0] == runs[1]
