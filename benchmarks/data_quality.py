@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from benchmarks.common import environment, write_json
 from data_compress import scores
-from data_compress.dynamics import train_probe
+from data_compress.dynamics import ProbeMLP, train_probe
 from data_compress.quantize import quantize
 
 METHODS = ("random", "dq", "el2n", "grand", "forgetting", "moderate", "kcenter", "ccs")
@@ -58,16 +58,11 @@ class SignalCNN(nn.Module):
         return self.head(h), h
 
 
-class MLP(nn.Module):
-    def __init__(self, d_in: int, classes: int, hidden: int = 256):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                  nn.ReLU())
-        self.head = nn.Linear(hidden, classes)
+class MLP(ProbeMLP):
+    """The library's probe MLP, 256 units wide (digits' fixed model and probe)."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x)
-        return self.head(h), h
+    def __init__(self, d_in: int, classes: int):
+        super().__init__(d_in, classes, hidden=256)
 
 
 MODELS = {"mnist1d": SignalCNN, "digits": MLP}
