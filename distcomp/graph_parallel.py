@@ -1,0 +1,125 @@
+"""Graph parallelism, the baseline GNNPipe is measured against (and, on one rank, plain
+single-process full-graph training).
+
+Every rank holds all layers and one partition of the vertices (METIS when available, see
+``distcomp.graph.partition``). At every graph layer it fetches its halo's embeddings from their
+owners and, in the backward pass, returns the halo's gradients: full-graph training, exact,
+with (2L - 1) halo transfers per epoch for L graph layers (the first layer's backward sends
+nothing back to raw features). Parameter gradients are summed over ranks before the step, so
+every rank keeps identical parameters. Bytes: ``ledger`` (per epoch, key "halo_forward",
+"halo_backward", "grad_allreduce", "control").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from distcomp.comm import wait_work
+from distcomp.gnn_layers import is_graph_layer, wrap
+from distcomp.graph import Graph, partition
+from distcomp.halo import HaloPlan, PeerLink, exchange
+from distcomp.ledger import CONTROL_KEY, ByteLedger
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce(t: torch.Tensor, ledger: ByteLedger, step: int, key: str, timeout_s: float,
+               group=None) -> torch.Tensor:
+    """Sum ``t`` in place over ``group`` (no-op on one rank), bytes on the ledger."""
+    if world()[1] == 1 or (group is not None and dist.get_world_size(group) == 1):
+        return t
+    ledger.record(step, key, t.numel() * t.element_size(), "all_reduce")
+    wait_work(dist.all_reduce(t, group=group, async_op=True), f"all_reduce of {key}", timeout_s)
+    return t
+
+
+def reduce_grads(params: Sequence[nn.Parameter], ledger: ByteLedger, step: int,
+                 timeout_s: float, group=None) -> None:
+    """Sum every parameter's gradient over ``group`` in one flat buffer."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    all_reduce(flat, ledger, step, "grad_allreduce", timeout_s, group)
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+class GraphParallel:
+    """Full-graph training with the vertices partitioned over the ranks of the default group.
+
+    modules: the model as a module list (see :mod:`distcomp.gnn_layers`), identical on every
+    rank; graph: the whole graph, identical on every rank. Use ``parameters()`` for the
+    optimizer; ``train_epoch(opt)`` runs one full-graph step and returns the mean training loss
+    (the same on every rank); ``evaluate()`` returns accuracies on the train/val/test masks.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], graph: Graph, *, method: str = "auto",
+                 timeout_s: float = 300.0, ledger: ByteLedger | None = None):
+        self.rank, self.world_size = world()
+        self.graph = graph
+        self.modules = nn.ModuleList(wrap(m) for m in modules)
+        self.ledger = ledger or ByteLedger()
+        self.timeout_s = timeout_s
+        self.link = PeerLink(self.ledger, timeout_s)
+        assign = partition(graph, self.world_size, method=method)
+        self.plan = HaloPlan.build(graph.edge_index, assign, self.rank)
+        self.adj = graph.adjacency(self.plan.own, columns=self.plan.local_of)
+        own = self.plan.own
+        self.x = graph.x[own]
+        self.y = graph.y[own]
+        self.masks = {k: getattr(graph, f"{k}_mask")[own] for k in ("train", "val", "test")}
+        self.n_train = int(graph.train_mask.sum())
+        self.epoch = 0
+
+    def parameters(self):
+        return self.modules.parameters()
+
+    def _forward(self) -> torch.Tensor:
+        h = self.x
+        for i, m in enumerate(self.modules):
+            if is_graph_layer(m):
+                ext = h if self.world_size == 1 else exchange(
+                    h, self.plan, self.link, range(self.world_size), tag=2 * i)
+                h = m(ext, self.adj, h)
+            else:
+                h = m(h)
+        return h
+
+    def train_epoch(self, optimizer: torch.optim.Optimizer) -> float:
+        self.modules.train()
+        self.link.step = self.epoch
+        optimizer.zero_grad(set_to_none=True)
+        logits = self._forward()
+        mask = self.masks["train"]
+        loss = F.cross_entropy(logits[mask], self.y[mask], reduction="sum") / self.n_train
+        loss.backward()
+        reduce_grads(list(self.parameters()), self.ledger, self.epoch, self.timeout_s)
+        optimizer.step()
+        total = all_reduce(loss.detach().reshape(1).clone(), self.ledger, self.epoch,
+                           CONTROL_KEY, self.timeout_s)
+        self.epoch += 1
+        return float(total)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.modules.eval()
+        self.link.step = self.epoch
+        pred = self._forward().argmax(1)
+        counts = torch.tensor([[float((pred[m] == self.y[m]).sum()), float(m.sum())]
+                               for m in self.masks.values()])
+        all_reduce(counts, self.ledger, self.epoch, "eval", self.timeout_s)
+        return {k: float(c[0] / c[1].clamp(min=1)) for k, c in zip(self.masks, counts)}
