@@ -6,6 +6,8 @@ A model is a list of modules applied in order. Two kinds:
   maps ``(x_src (n_src, d), adj (n_dst, n_src) sparse CSR, x_dst (n_dst, d)) -> (n_dst, d')``:
   it aggregates over the rows of ``adj`` (normalised weights, see ``Graph.adjacency``), and
   ``x_dst`` is the targets' own input (for residuals);
+  A layer with ``uses_x0 = True`` also takes ``x0_dst`` (n_dst, d0): the targets' rows of the
+  first graph layer's input (GCNII's initial residual); the wrappers carry it along;
 - any other module is *row-wise* (an encoder, a classifier head, an activation): ``(n, d) ->
   (n, d')`` on the rows alone, needing no neighbours.
 
@@ -24,6 +26,8 @@ from torch.nn import functional as F
 
 class GraphLayer(nn.Module):
     """Base class marking a module as a graph layer (see the module docstring)."""
+
+    uses_x0 = False
 
     def forward(self, x_src: torch.Tensor, adj: torch.Tensor, x_dst: torch.Tensor
                 ) -> torch.Tensor:
@@ -64,13 +68,19 @@ class PyGLayer(GraphLayer):
         self.conv = conv
         if hasattr(conv, "normalize"):
             conv.normalize = False
-        self._weighted = "edge_weight" in conv.forward.__code__.co_varnames
+        names = conv.forward.__code__.co_varnames
+        self._weighted = "edge_weight" in names
+        self.uses_x0 = "x_0" in names  # GCN2Conv: forward(x, x_0, edge_index, edge_weight)
 
-    def forward(self, x_src, adj, x_dst):
+    def forward(self, x_src, adj, x_dst, x0_dst=None):
         adj = adj.to_sparse_coo().coalesce()
         dst, src = adj.indices()
         n_dst, n_src = adj.shape
         kwargs = {"edge_weight": adj.values()} if self._weighted else {}
+        if self.uses_x0:  # square-only; x_0 matters on the targets alone
+            x0 = torch.cat([x0_dst.new_zeros((n_src, x0_dst.shape[1])), x0_dst])
+            edges = torch.stack([src, dst + n_src])
+            return self.conv(torch.cat([x_src, x_dst]), x0, edges, **kwargs)[n_src:]
         try:
             return self.conv((x_src, x_dst), torch.stack([src, dst]), size=(n_src, n_dst),
                              **kwargs)
@@ -83,6 +93,18 @@ class PyGLayer(GraphLayer):
 
 def is_graph_layer(module: nn.Module) -> bool:
     return isinstance(module, GraphLayer)
+
+
+def apply(module: nn.Module, x_src: torch.Tensor, adj: torch.Tensor, x_dst: torch.Tensor,
+          x0_dst: torch.Tensor | None) -> torch.Tensor:
+    """Call a graph layer, with the initial embedding where it takes one."""
+    if module.uses_x0:
+        return module(x_src, adj, x_dst, x0_dst)
+    return module(x_src, adj, x_dst)
+
+
+def uses_x0(modules: Sequence[nn.Module]) -> bool:
+    return any(is_graph_layer(m) and m.uses_x0 for m in modules)
 
 
 def wrap(module: nn.Module) -> nn.Module:
@@ -111,7 +133,11 @@ def deep_gcn(in_dim: int, hidden: int, classes: int, layers: int, dropout: float
 def forward_full(modules: Sequence[nn.Module], x: torch.Tensor, adj: torch.Tensor
                  ) -> torch.Tensor:
     """Reference: the whole graph through every module in one process. (n, F) -> (n, C)."""
-    h = x
+    h, x0 = x, None
     for m in modules:
-        h = m(h, adj, h) if is_graph_layer(m) else m(h)
+        if is_graph_layer(m):
+            x0 = h if x0 is None else x0
+            h = apply(m, h, adj, h, x0)
+        else:
+            h = m(h)
     return h

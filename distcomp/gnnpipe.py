@@ -25,8 +25,9 @@ pipeline computes exactly full-graph training.
 Convergence. Staleness hurts a plain deep GCN most, so the default model
 (``distcomp.gnn_layers.deep_gcn``) uses residual GCN layers with LayerNorm: the identity path
 carries each vertex's own fresh embedding, and the normalised branch bounds how far a stale
-neighbour row can move an output. (GCNII's initial residual would need the first layer's output
-on every stage: one more N x d per stage boundary each way.) ``history_momentum`` optionally
+neighbour row can move an output. GCNII's initial residual (PyG's GCN2Conv) works too: the
+first graph layer's input rows then travel with the activations, which doubles the bytes per
+stage boundary, so it is not the default. ``history_momentum`` optionally
 smooths the table (row = m * old + (1 - m) * new) for models that oscillate; default 0.
 
 Evaluation is exact: one chunk per pipeline and, in the hybrid, a per-layer halo exchange
@@ -47,7 +48,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from distcomp.gnn_layers import is_graph_layer, wrap
+from distcomp.gnn_layers import apply, is_graph_layer, uses_x0, wrap
 from distcomp.graph import Graph, partition
 from distcomp.graph_parallel import all_reduce, reduce_grads, world
 from distcomp.halo import HaloPlan, PeerLink, exchange
@@ -80,7 +81,7 @@ def widths(modules: Sequence[nn.Module], in_dim: int) -> list[int]:
     """Input width of every module and the output width at the end (len(modules) + 1), from a
     dry run on two isolated vertices in eval mode, RNG state untouched."""
     out = [in_dim]
-    h = torch.zeros(2, in_dim)
+    h, x0 = torch.zeros(2, in_dim), None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         eye = torch.eye(2).to_sparse_csr()
@@ -88,7 +89,11 @@ def widths(modules: Sequence[nn.Module], in_dim: int) -> list[int]:
         for m in modules:
             was = m.training
             m.eval()
-            h = m(h, eye, h) if is_graph_layer(m) else m(h)
+            if is_graph_layer(m):
+                x0 = h if x0 is None else x0
+                h = apply(m, h, eye, h, x0)
+            else:
+                h = m(h)
             m.train(was)
             out.append(h.shape[1])
     return out
@@ -125,7 +130,12 @@ class GNNPipe:
         self.stages, self.partitions = stages, partitions
         mine = ranges[self.stage]
         self.modules = nn.ModuleList(modules[i] for i in mine)
-        self.in_dim, self.out_dim = dims[mine.start], dims[mine.stop]
+        # a model with an initial residual (GCN2Conv) carries the first graph layer's input
+        # (x0, width x0_dim) along the pipeline next to the activations
+        first = next(i for i, m in enumerate(modules) if is_graph_layer(m))
+        self.x0_dim = dims[first] if uses_x0(modules) else 0
+        self.in_dim = dims[mine.start] + (self.x0_dim if self.stage > 0 else 0)
+        self.out_dim = dims[mine.stop] + (self.x0_dim if self.stage < stages - 1 else 0)
         self.graph, self.momentum, self.timeout_s = graph, history_momentum, timeout_s
         self.ledger = ledger or ByteLedger()
         self.link = PeerLink(self.ledger, timeout_s)
@@ -165,15 +175,26 @@ class GNNPipe:
         return self.modules.parameters()
 
     # -- training ---------------------------------------------------------------------------
-    def _stage_forward(self, c: int, h: torch.Tensor) -> torch.Tensor:
+    def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Received boundary rows -> (activations, x0 or None)."""
+        if self.x0_dim == 0:
+            return t, None
+        return t[:, :-self.x0_dim], t[:, -self.x0_dim:]
+
+    def _join(self, h: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
+        return h if self.x0_dim == 0 else torch.cat([h, x0], 1)
+
+    def _stage_forward(self, c: int, h: torch.Tensor, x0: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows = self.chunks[c]
         for i, m in enumerate(self.modules):
             if i not in self.history:
                 h = m(h)
                 continue
+            x0 = h if x0 is None else x0
             table = self.history[i]
             src = torch.cat([h, table[self.outside[c]]])  # own rows fresh (with grad)
-            out = m(src, self.adj[c], h)
+            out = apply(m, src, self.adj[c], h, x0)
             new = h.detach()
             if self.momentum and self.epoch > 0:
                 new = self.momentum * table[rows] + (1 - self.momentum) * new
@@ -181,7 +202,7 @@ class GNNPipe:
             self.written[i][rows] = self.epoch
             self.reads[(i, c)] = self.written[i][torch.cat([rows, self.outside[c]])]
             h = out
-        return h
+        return h, x0
 
     def train_epoch(self, optimizer: torch.optim.Optimizer) -> float:
         """One epoch: forward all chunks, backward all chunks, one optimizer step."""
@@ -196,13 +217,15 @@ class GNNPipe:
             else:
                 inp = self.link.recv((len(rows), self.in_dim), self.prev_rank, c, "activations")
                 inp.requires_grad_()
-            out = self._stage_forward(c, inp)
+            h, x0 = (inp, None) if self.prev_rank is None else self._split(inp)
+            out, x0 = self._stage_forward(c, h, x0)
             if self.last:
                 mask = self.graph.train_mask[rows]
                 out = F.cross_entropy(out[mask], self.graph.y[rows][mask], reduction="sum") \
                     / self.n_train if mask.any() else out.sum() * 0.0
                 loss_sum += out.detach()
             else:
+                out = self._join(out, x0)
                 self.link.send(out, self.next_rank, c, "activations")
             saved.append((inp, out))
         for c in reversed(range(n_chunks)):
@@ -231,9 +254,11 @@ class GNNPipe:
         for i, table in self.history.items():
             d = table.shape[1]
             for q, rows in plan.send_rows.items():
-                self.link.send(table[plan.own[rows]], self.stage_ranks[q], HALO_TAG, "halo_refresh")
+                self.link.send(table[plan.own[rows]], self.stage_ranks[q], HALO_TAG,
+                               "halo_refresh")
             for q, rows in plan.recv_rows.items():
-                got = self.link.recv((len(rows), d), self.stage_ranks[q], HALO_TAG, "halo_refresh")
+                got = self.link.recv((len(rows), d), self.stage_ranks[q], HALO_TAG,
+                                     "halo_refresh")
                 glob = plan.halo[rows - len(plan.own)]
                 table[glob] = got
                 self.written[i][glob] = self.epoch
@@ -250,13 +275,15 @@ class GNNPipe:
             h = self.graph.x[own]
         else:
             h = self.link.recv((len(own), self.in_dim), self.prev_rank, EVAL_TAG, "eval")
+        h, x0 = (h, None) if self.prev_rank is None else self._split(h)
         for i, m in enumerate(self.modules):
             if i not in self.history:
                 h = m(h)
                 continue
+            x0 = h if x0 is None else x0
             ext = h if self.partitions == 1 else exchange(
                 h, self.plan, self.link, self.stage_ranks, tag=EVAL_TAG + 1, key="eval")
-            h = m(ext, self.eval_adj, h)
+            h = apply(m, ext, self.eval_adj, h, x0)
         counts = torch.zeros(3, 2)
         if self.last:
             pred = h.argmax(1)
@@ -266,7 +293,7 @@ class GNNPipe:
                 counts[k] = torch.tensor([float((pred[mask] == y[mask]).sum()),
                                           float(mask.sum())])
         else:
-            self.link.send(h, self.next_rank, EVAL_TAG, "eval")
+            self.link.send(self._join(h, x0), self.next_rank, EVAL_TAG, "eval")
         self.link.flush()
         all_reduce(counts, self.ledger, self.epoch, "eval", self.timeout_s)
         return {k: float(c[0] / c[1].clamp(min=1))

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from distcomp.comm import wait_work
-from distcomp.gnn_layers import is_graph_layer, wrap
+from distcomp.gnn_layers import apply, is_graph_layer, wrap
 from distcomp.graph import Graph, partition
 from distcomp.halo import HaloPlan, PeerLink, exchange
 from distcomp.ledger import CONTROL_KEY, ByteLedger
@@ -89,12 +89,13 @@ class GraphParallel:
         return self.modules.parameters()
 
     def _forward(self) -> torch.Tensor:
-        h = self.x
+        h, x0 = self.x, None
         for i, m in enumerate(self.modules):
             if is_graph_layer(m):
+                x0 = h if x0 is None else x0
                 ext = h if self.world_size == 1 else exchange(
                     h, self.plan, self.link, range(self.world_size), tag=2 * i)
-                h = m(ext, self.adj, h)
+                h = apply(m, ext, self.adj, h, x0)
             else:
                 h = m(h)
         return h

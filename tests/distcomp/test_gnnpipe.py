@@ -207,3 +207,27 @@ def test_pyg_convs_as_graph_layers():
     opt = torch.optim.Adam(t.parameters(), lr=0.01)
     losses = [t.train_epoch(opt) for _ in range(10)]
     assert losses[-1] < losses[0]
+
+
+def _gcnii(rank, world, chunks):
+    from torch_geometric.nn import GCN2Conv
+
+    torch.manual_seed(0)
+    modules = [torch.nn.Linear(8, 16), torch.nn.ReLU(),
+               *[GCN2Conv(16, alpha=0.1, theta=0.5, layer=i + 1) for i in range(4)],
+               torch.nn.Linear(16, 4)]
+    t = GNNPipe(modules, _graph(), num_chunks=chunks)
+    opt = torch.optim.Adam(t.parameters(), lr=0.01)
+    return {"losses": [t.train_epoch(opt) for _ in range(3)], "acc": t.evaluate(),
+            "bytes": dict(t.ledger.per_key)}
+
+
+def test_gcnii_initial_residual_travels_with_the_activations():
+    """GCN2Conv needs the first graph layer's input on every stage: with one chunk the
+    2-stage pipeline equals one process, and each boundary carries twice the width."""
+    pytest.importorskip("torch_geometric", reason="torch_geometric is not installed")
+    one = _gcnii(0, 1, 1)
+    r0, r1 = run_ranks(_gcnii, world=2, chunks=1)
+    assert r0["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    assert r1["acc"] == one["acc"]
+    assert r0["bytes"]["activations"] == 3 * N * (16 + 16) * 4
