@@ -64,6 +64,8 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.link_cost --json $(RESULTS)/link_cost.json
 	$(RUN) $(BIN)/python -m benchmarks.data_quality --json $(RESULTS)/data_quality.json
 	$(RUN) $(BIN)/python -m benchmarks.data_scale --json $(RESULTS)/data_scale.json
+	$(RUN) $(BIN)/python -m benchmarks.gnnpipe --json $(RESULTS)/gnnpipe.json
+	$(BIN)/python -m benchmarks.gnnpipe_report --readme README.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data_report --readme README.md $(RESULTS)/data_quality.json \
 	  $(RESULTS)/data_scale.json
 	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \

@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from distcomp.gnn_layers import apply, is_graph_layer, uses_x0, wrap
 from distcomp.graph import Graph, partition
-from distcomp.graph_parallel import all_reduce, reduce_grads, world
+from distcomp.graph_parallel import all_reduce, default_device, reduce_grads, world
 from distcomp.halo import HaloPlan, PeerLink, exchange
 from distcomp.ledger import CONTROL_KEY, ByteLedger
 
@@ -103,7 +103,9 @@ class GNNPipe:
     """Pipelined (``partitions=1``) or hybrid training of a GNN given as a module list.
 
     modules: the whole model, built identically on every rank (each rank keeps its stage's
-    part); graph: the whole graph on every rank. stages: default world size // partitions.
+    part); graph: the whole graph on every rank (kept on the CPU; the modules, this rank's
+    rows, tables and buffers go to ``device``, default the current CUDA device under NCCL,
+    else the CPU). stages: default world size // partitions.
     Use ``parameters()`` (this stage's) for the optimizer, then ``train_epoch(opt)`` (returns
     the mean training loss, same on every rank) and ``evaluate()`` (accuracies).
     """
@@ -111,7 +113,7 @@ class GNNPipe:
     def __init__(self, modules: Sequence[nn.Module], graph: Graph, *, num_chunks: int = 4,
                  partitions: int = 1, stages: int | None = None, method: str = "auto",
                  history_momentum: float = 0.0, timeout_s: float = 300.0,
-                 ledger: ByteLedger | None = None):
+                 ledger: ByteLedger | None = None, device: torch.device | str | None = None):
         rank, size = world()
         if partitions < 1 or size % partitions:
             raise ValueError(f"partitions ({partitions}) must divide the world size ({size})")
@@ -129,7 +131,8 @@ class GNNPipe:
         self.stage, self.part = rank % stages, rank // stages
         self.stages, self.partitions = stages, partitions
         mine = ranges[self.stage]
-        self.modules = nn.ModuleList(modules[i] for i in mine)
+        self.device = dev = torch.device(device) if device is not None else default_device()
+        self.modules = nn.ModuleList(modules[i] for i in mine).to(dev)
         # a model with an initial residual (GCN2Conv) carries the first graph layer's input
         # (x0, width x0_dim) along the pipeline next to the activations
         first = next(i for i, m in enumerate(modules) if is_graph_layer(m))
@@ -138,31 +141,36 @@ class GNNPipe:
         self.out_dim = dims[mine.stop] + (self.x0_dim if self.stage < stages - 1 else 0)
         self.graph, self.momentum, self.timeout_s = graph, history_momentum, timeout_s
         self.ledger = ledger or ByteLedger()
-        self.link = PeerLink(self.ledger, timeout_s)
+        self.link = PeerLink(self.ledger, timeout_s, dev)
         self.prev_rank = rank - 1 if self.stage > 0 else None
         self.next_rank = rank + 1 if self.stage < stages - 1 else None
         self.stage_ranks = [p * stages + self.stage for p in range(partitions)]
         self.group = _stage_group(stages, partitions, self.stage)
 
         assign = partition(graph, partitions, method=method)
-        self.plan = HaloPlan.build(graph.edge_index, assign, self.part)
-        own = self.plan.own
+        plan = HaloPlan.build(graph.edge_index, assign, self.part)
+        own = plan.own
         if num_chunks > len(own):
             raise ValueError(f"num_chunks ({num_chunks}) exceeds the {len(own)} vertices of a "
                              "pipeline's partition")
-        self.chunks = _chunks(graph, own, num_chunks, method)
+        chunks = _chunks(graph, own, num_chunks, method)
         # per chunk: its neighbours outside it, and the adjacency with columns numbered
         # (chunk rows, then those neighbours): a layer reads n_c + n_out rows, not all n
-        self.outside, self.adj = [], []
-        for rows in self.chunks:
+        self.chunks, self.outside, self.adj = [], [], []
+        for rows in chunks:
             out, adj = _chunk_columns(graph, rows)
-            self.outside.append(out)
-            self.adj.append(adj)
-        self.eval_adj = graph.adjacency(own, columns=self.plan.local_of)
+            self.chunks.append(rows.to(dev))
+            self.outside.append(out.to(dev))
+            self.adj.append(adj.to(dev))
+        self.eval_adj = graph.adjacency(own, columns=plan.local_of).to(dev)
+        self.plan = plan.to(dev)
+        self.x, self.y = graph.x.to(dev), graph.y.to(dev)
+        self.masks = {k: getattr(graph, f"{k}_mask").to(dev) for k in ("train", "val", "test")}
         n = graph.num_nodes
-        self.history = {i: torch.zeros(n, dims[j]) for i, j in enumerate(mine)
+        self.history = {i: torch.zeros(n, dims[j], device=dev) for i, j in enumerate(mine)
                         if is_graph_layer(modules[j])}
-        self.written = {i: torch.full((n,), -1, dtype=torch.int64) for i in self.history}
+        self.written = {i: torch.full((n,), -1, dtype=torch.int64, device=dev)
+                        for i in self.history}
         self.reads: dict[tuple[int, int], set[int]] = {}
         self.n_train = int(graph.train_mask.sum())
         self.epoch = 0
@@ -210,18 +218,18 @@ class GNNPipe:
         self.link.step = self.epoch
         optimizer.zero_grad(set_to_none=True)
         n_chunks = len(self.chunks)
-        saved, loss_sum = [], torch.zeros(1)
+        saved, loss_sum = [], torch.zeros(1, device=self.device)
         for c, rows in enumerate(self.chunks):
             if self.prev_rank is None:
-                inp = self.graph.x[rows]
+                inp = self.x[rows]
             else:
                 inp = self.link.recv((len(rows), self.in_dim), self.prev_rank, c, "activations")
                 inp.requires_grad_()
             h, x0 = (inp, None) if self.prev_rank is None else self._split(inp)
             out, x0 = self._stage_forward(c, h, x0)
             if self.last:
-                mask = self.graph.train_mask[rows]
-                out = F.cross_entropy(out[mask], self.graph.y[rows][mask], reduction="sum") \
+                mask = self.masks["train"][rows]
+                out = F.cross_entropy(out[mask], self.y[rows][mask], reduction="sum") \
                     / self.n_train if mask.any() else out.sum() * 0.0
                 loss_sum += out.detach()
             else:
@@ -272,7 +280,7 @@ class GNNPipe:
         self.link.step = self.epoch
         own = self.plan.own
         if self.prev_rank is None:
-            h = self.graph.x[own]
+            h = self.x[own]
         else:
             h = self.link.recv((len(own), self.in_dim), self.prev_rank, EVAL_TAG, "eval")
         h, x0 = (h, None) if self.prev_rank is None else self._split(h)
@@ -284,14 +292,14 @@ class GNNPipe:
             ext = h if self.partitions == 1 else exchange(
                 h, self.plan, self.link, self.stage_ranks, tag=EVAL_TAG + 1, key="eval")
             h = apply(m, ext, self.eval_adj, h, x0)
-        counts = torch.zeros(3, 2)
+        counts = torch.zeros(3, 2, device=self.device)
         if self.last:
             pred = h.argmax(1)
-            y = self.graph.y[own]
+            y = self.y[own]
             for k, name in enumerate(("train", "val", "test")):
-                mask = getattr(self.graph, f"{name}_mask")[own]
-                counts[k] = torch.tensor([float((pred[mask] == y[mask]).sum()),
-                                          float(mask.sum())])
+                mask = self.masks[name][own]
+                counts[k, 0] = (pred[mask] == y[mask]).sum()
+                counts[k, 1] = mask.sum()
         else:
             self.link.send(self._join(h, x0), self.next_rank, EVAL_TAG, "eval")
         self.link.flush()

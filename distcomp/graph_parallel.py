@@ -43,6 +43,13 @@ def all_reduce(t: torch.Tensor, ledger: ByteLedger, step: int, key: str, timeout
     return t
 
 
+def default_device() -> torch.device:
+    """The current CUDA device under an NCCL process group, else the CPU."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def reduce_grads(params: Sequence[nn.Parameter], ledger: ByteLedger, step: int,
                  timeout_s: float, group=None) -> None:
     """Sum every parameter's gradient over ``group`` in one flat buffer."""
@@ -62,26 +69,32 @@ class GraphParallel:
     """Full-graph training with the vertices partitioned over the ranks of the default group.
 
     modules: the model as a module list (see :mod:`distcomp.gnn_layers`), identical on every
-    rank; graph: the whole graph, identical on every rank. Use ``parameters()`` for the
-    optimizer; ``train_epoch(opt)`` runs one full-graph step and returns the mean training loss
-    (the same on every rank); ``evaluate()`` returns accuracies on the train/val/test masks.
+    rank; graph: the whole graph, identical on every rank (kept on the CPU; this rank's rows,
+    the modules and all buffers go to ``device``, default :func:`default_device`). Use
+    ``parameters()`` for the optimizer; ``train_epoch(opt)`` runs one full-graph step and
+    returns the mean training loss (the same on every rank); ``evaluate()`` returns accuracies
+    on the train/val/test masks.
     """
 
     def __init__(self, modules: Sequence[nn.Module], graph: Graph, *, method: str = "auto",
-                 timeout_s: float = 300.0, ledger: ByteLedger | None = None):
+                 timeout_s: float = 300.0, ledger: ByteLedger | None = None,
+                 device: torch.device | str | None = None):
         self.rank, self.world_size = world()
+        self.device = torch.device(device) if device is not None else default_device()
         self.graph = graph
-        self.modules = nn.ModuleList(wrap(m) for m in modules)
+        self.modules = nn.ModuleList(wrap(m) for m in modules).to(self.device)
         self.ledger = ledger or ByteLedger()
         self.timeout_s = timeout_s
-        self.link = PeerLink(self.ledger, timeout_s)
+        self.link = PeerLink(self.ledger, timeout_s, self.device)
         assign = partition(graph, self.world_size, method=method)
-        self.plan = HaloPlan.build(graph.edge_index, assign, self.rank)
-        self.adj = graph.adjacency(self.plan.own, columns=self.plan.local_of)
-        own = self.plan.own
-        self.x = graph.x[own]
-        self.y = graph.y[own]
-        self.masks = {k: getattr(graph, f"{k}_mask")[own] for k in ("train", "val", "test")}
+        plan = HaloPlan.build(graph.edge_index, assign, self.rank)
+        self.adj = graph.adjacency(plan.own, columns=plan.local_of).to(self.device)
+        own = plan.own
+        self.plan = plan.to(self.device)
+        self.x = graph.x[own].to(self.device)
+        self.y = graph.y[own].to(self.device)
+        self.masks = {k: getattr(graph, f"{k}_mask")[own].to(self.device)
+                      for k in ("train", "val", "test")}
         self.n_train = int(graph.train_mask.sum())
         self.epoch = 0
 
@@ -121,6 +134,6 @@ class GraphParallel:
         self.link.step = self.epoch
         pred = self._forward().argmax(1)
         counts = torch.tensor([[float((pred[m] == self.y[m]).sum()), float(m.sum())]
-                               for m in self.masks.values()])
+                               for m in self.masks.values()], device=self.device)
         all_reduce(counts, self.ledger, self.epoch, "eval", self.timeout_s)
         return {k: float(c[0] / c[1].clamp(min=1)) for k, c in zip(self.masks, counts)}

@@ -26,9 +26,11 @@ class PeerLink:
     (bytes of the tensor, under ``key``, at ``step``); every wait is bounded by ``timeout_s``
     and a timeout or lost peer raises :class:`distcomp.comm.CollectiveTimeout`."""
 
-    def __init__(self, ledger: ByteLedger, timeout_s: float = 300.0):
+    def __init__(self, ledger: ByteLedger, timeout_s: float = 300.0,
+                 device: torch.device | str = "cpu"):
         self.ledger = ledger
         self.timeout_s = timeout_s
+        self.device = torch.device(device)
         self.step = 0
         self._pending: list[tuple[dist.Work, torch.Tensor, str]] = []
 
@@ -39,7 +41,7 @@ class PeerLink:
 
     def recv(self, shape: Sequence[int], src: int, tag: int, what: str,
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        out = torch.empty(tuple(shape), dtype=dtype)
+        out = torch.empty(tuple(shape), dtype=dtype, device=self.device)
         wait_work(dist.irecv(out, src, tag=tag), f"receive of {what} from rank {src}",
                   self.timeout_s)
         return out
@@ -89,8 +91,11 @@ class HaloPlan:
                 recv_rows[q] = local_of[mine]
         return cls(own, halo, local_of, send_rows, recv_rows)
 
-    def halo_rows_total(self) -> int:
-        return len(self.halo)
+    def to(self, device: torch.device | str) -> HaloPlan:
+        """The same plan with every index tensor on ``device`` (where the embeddings live)."""
+        return HaloPlan(self.own.to(device), self.halo.to(device), self.local_of.to(device),
+                        {q: r.to(device) for q, r in self.send_rows.items()},
+                        {q: r.to(device) for q, r in self.recv_rows.items()})
 
 
 def exchange(x_own: torch.Tensor, plan: HaloPlan, link: PeerLink, ranks: Sequence[int],
