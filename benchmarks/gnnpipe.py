@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds a run may take (default 900, quick 300)")
     p.add_argument("--stall-timeout", type=float, default=120.0,
                    help="seconds without a finished epoch = hung")
+    p.add_argument("--logs", default=None, help="keep every rank's log here (default: a "
+                   "temporary directory, removed at the end)")
     p.add_argument("--json", default=str(REPO / "bench-results" / "gnnpipe.json"))
     args = p.parse_args(argv)
     args.layers = [int(v) for v in (args.layers or ("8,16" if args.quick else "8,16,32"))
@@ -170,7 +172,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
+        out = Path(args.logs or tmp)
+        out.mkdir(parents=True, exist_ok=True)
         with net if net is not None else nullcontext():
             index = 0
             for layers in args.layers:

@@ -69,10 +69,10 @@ def main(argv=None) -> int:
         times.append(time.perf_counter() - start)
     acc = trainer.evaluate()
     ledger = trainer.ledger
-    train_bytes = ledger.total - ledger.per_key.get("eval", 0)
+    by_key = {k: v for k, v in ledger.per_key.items() if not k.startswith("eval")}
+    train_bytes = sum(by_key.values())
     timed = times[args.warmup_epochs:] or times
     stats = torch.tensor([float(train_bytes), sum(timed) / len(timed)], dtype=torch.float64)
-    by_key = {k: v for k, v in ledger.per_key.items() if k != "eval"}
     if dist.is_initialized():
         total = stats[:1].clone()
         slow = stats[1:].clone()
@@ -105,6 +105,7 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(record))
         tmp.replace(out / f"{args.mode}-{args.layers}.json")
     if dist.is_initialized():
+        dist.barrier()  # nobody tears its sockets down while a peer is still mid-collective
         dist.destroy_process_group()
     return 0
 

@@ -7,7 +7,7 @@ owners and, in the backward pass, returns the halo's gradients: full-graph train
 with (2L - 1) halo transfers per epoch for L graph layers (the first layer's backward sends
 nothing back to raw features). Parameter gradients are summed over ranks before the step, so
 every rank keeps identical parameters. Bytes: ``ledger`` (per epoch, key "halo_forward",
-"halo_backward", "grad_allreduce", "control").
+"halo_backward", "grad_allreduce", "control"; evaluation under keys starting with "eval").
 """
 
 from __future__ import annotations
@@ -101,13 +101,13 @@ class GraphParallel:
     def parameters(self):
         return self.modules.parameters()
 
-    def _forward(self) -> torch.Tensor:
+    def _forward(self, key: str = "halo") -> torch.Tensor:
         h, x0 = self.x, None
         for i, m in enumerate(self.modules):
             if is_graph_layer(m):
                 x0 = h if x0 is None else x0
                 ext = h if self.world_size == 1 else exchange(
-                    h, self.plan, self.link, range(self.world_size), tag=2 * i)
+                    h, self.plan, self.link, range(self.world_size), tag=2 * i, key=key)
                 h = apply(m, ext, self.adj, h, x0)
             else:
                 h = m(h)
@@ -132,7 +132,7 @@ class GraphParallel:
     def evaluate(self) -> dict[str, float]:
         self.modules.eval()
         self.link.step = self.epoch
-        pred = self._forward().argmax(1)
+        pred = self._forward(key="eval").argmax(1)
         counts = torch.tensor([[float((pred[m] == self.y[m]).sum()), float(m.sum())]
                                for m in self.masks.values()], device=self.device)
         all_reduce(counts, self.ledger, self.epoch, "eval", self.timeout_s)

@@ -1,19 +1,32 @@
 """A plain DDP training script, the kind users already have, with distcomp as a two-line change.
 
     torchrun --nproc_per_node=2 launch/train.py --comm powersgd --rank 4
+    torchrun --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d \\
+        --rdzv_endpoint=HOST:29500 launch/train.py --comm lgreco-powersgd
+    mpirun -n 2 python launch/train.py --comm topk --density 0.01
 
-The two lines that enable compression are marked "distcomp:" below. The task is generated
-offline: a fixed random teacher network labels Gaussian inputs, and an MLP student learns it.
-Prints one line per epoch: loss, payload bytes per step and step time.
+The lines that enable distcomp are marked "distcomp:" below. Workloads: ``teacher`` (built in:
+a fixed random network labels Gaussian inputs, an MLP learns it) and the benchmark's ``lm``
+(character GPT on the Python standard library's source) and ``cnn`` (1-D CNN on mnist1d), both
+built offline into ``--data-dir`` on first use. Prints one line per epoch: loss, payload bytes
+per step and step time. With ``--checkpoint-dir`` every rank saves its state after each epoch
+(model, optimizer, compression / CO2 state: error-feedback residuals differ per rank);
+``--resume`` continues from the last epoch all ranks completed, taking the same steps an
+uninterrupted run takes. Every collective has a timeout (``--timeout-s``): a lost peer ends
+every rank with an error naming it, never a hang.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
+import socket
+import sys
 import time
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -21,97 +34,214 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hooks import CompressionState, compression_hook
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
+
+from distcomp.checkpoint import latest_epoch, load_rank, save_rank  # noqa: E402
+from distcomp.co2 import CO2  # noqa: E402
+from hooks import CompressionState, LGreCoState, compression_hook, local_hook  # noqa: E402
+
+COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd",
+         "co2")
 
 
 @dataclass
 class Options:
-    comm: str = "none"  # none (plain DDP all-reduce) | powersgd | topk | qsgd
+    workload: str = "teacher"  # teacher | lm | cnn
+    comm: str = "none"  # one of COMMS; none = plain DDP all-reduce
     rank: int = 4  # PowerSGD rank
     density: float = 0.01  # top-k density
     bits: int = 4  # QSGD bits
+    tau: int = 4  # CO2 local steps per outer round
     epochs: int = 3
     steps_per_epoch: int = 100
     batch_size: int = 128
-    width: int = 512
+    width: int = 512  # teacher MLP width
     lr: float = 0.05
     seed: int = 0
     timeout_s: float = 300.0
+    checkpoint_dir: str = ""
+    resume: bool = False
+    data_dir: str = "bench-results/data"
+    log_json: str = ""  # rank 0 writes every step's loss here (for comparisons)
 
 
-def parse_args() -> Options:
+def parse_args(argv=None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in fields(Options):
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=type(f.default), default=f.default)
-    opts = Options(**vars(parser.parse_args()))
-    if opts.comm not in ("none", "powersgd", "topk", "qsgd"):
-        parser.error(f"--comm must be none, powersgd, topk or qsgd, got {opts.comm!r}")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    opts = Options(**vars(parser.parse_args(argv)))
+    if opts.comm not in COMMS:
+        parser.error(f"--comm must be one of {', '.join(COMMS)}, got {opts.comm!r}")
+    if opts.workload not in ("teacher", "lm", "cnn"):
+        parser.error(f"--workload must be teacher, lm or cnn, got {opts.workload!r}")
+    if opts.resume and not opts.checkpoint_dir:
+        parser.error("--resume needs --checkpoint-dir")
     return opts
+
+
+def init_distributed(timeout_s: float) -> tuple[int, int]:
+    """Join the process group as torchrun or mpirun started us; (rank, world size)."""
+    env = os.environ
+    if "RANK" not in env:
+        mpi = [("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
+               ("PMIX_RANK", "PMIX_SIZE")]
+        found = next(((r, s) for r, s in mpi if r in env and s in env), None)
+        if found is None:
+            raise SystemExit("train.py: no launcher found (neither torchrun's RANK nor an MPI "
+                             "rank variable is set): run it with torchrun --nproc_per_node=N "
+                             "launch/train.py ... or mpirun -n N python launch/train.py ...")
+        rank, world = int(env[found[0]]), int(env[found[1]])
+        addr, port = _rendezvous_from_mpi(rank, world)
+        env.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR=addr,
+                   MASTER_PORT=str(port))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if backend == "nccl":
+        torch.cuda.set_device(int(env.get("LOCAL_RANK", env.get("OMPI_COMM_WORLD_LOCAL_RANK",
+                                                                 0))))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _rendezvous_from_mpi(rank: int, world: int) -> tuple[str, int]:
+    """Rank 0's address and a free port, broadcast with mpi4py; without mpi4py, MASTER_ADDR /
+    MASTER_PORT from the environment, or the loopback when every rank is on this node."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "0"))
+        if "MASTER_ADDR" in os.environ:
+            return os.environ["MASTER_ADDR"], int(os.environ.get("MASTER_PORT", 29500))
+        if local == world:
+            return "127.0.0.1", int(os.environ.get("MASTER_PORT", 29500))
+        raise SystemExit("train.py: under mpirun across nodes, install mpi4py (the mpi extra) "
+                         "or set MASTER_ADDR/MASTER_PORT to rank 0's host") from None
+    here = None
+    if rank == 0:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        here = (socket.gethostbyname(socket.gethostname()), port)
+    return MPI.COMM_WORLD.bcast(here, root=0)
 
 
 class TeacherTask:
     """Inputs x ~ N(0, I_32); label = argmax of a fixed random tanh network: offline, endless."""
 
-    def __init__(self, dim: int = 32, classes: int = 10):
+    def __init__(self, batch_size: int, width: int, seed: int):
         g = torch.Generator().manual_seed(1234)
-        self.w1 = torch.randn(dim, 64, generator=g) / dim**0.5
-        self.w2 = torch.randn(64, classes, generator=g) / 8
-        self.dim, self.classes = dim, classes
+        self.w1 = torch.randn(32, 64, generator=g) / 32**0.5
+        self.w2 = torch.randn(64, 10, generator=g) / 8
+        self.batch_size, self.width, self.seed = batch_size, width, seed
 
-    def batch(self, seed: int, n: int):
-        x = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(seed))
+    def model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(32, self.width), nn.ReLU(),
+                             nn.Linear(self.width, self.width), nn.ReLU(),
+                             nn.Linear(self.width, 10))
+
+    def batch(self, step: int, rank: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 1009 + rank)
+        x = torch.randn(self.batch_size, 32, generator=g)
         return x, (torch.tanh(x @ self.w1) @ self.w2).argmax(1)
 
+    def loss(self, out, target):
+        return F.cross_entropy(out, target)
 
-def main() -> None:
-    opts = parse_args()
-    if "RANK" not in os.environ:
-        raise SystemExit("launch with torchrun, e.g. torchrun --nproc_per_node=2 launch/train.py")
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=opts.timeout_s))
-    rank, world = dist.get_rank(), dist.get_world_size()
+
+def make_task(opts: Options, rank: int):
+    if opts.workload == "teacher":
+        return TeacherTask(opts.batch_size, opts.width, opts.seed)
+    from benchmarks.workloads import WORKLOADS, prepare
+
+    if rank == 0:
+        prepare(opts.data_dir)
+    dist.barrier()
+    return WORKLOADS[opts.workload](opts.data_dir, seed=opts.seed)
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    rank, world = init_distributed(opts.timeout_s)
+    try:
+        train(opts, rank, world)
+    except (RuntimeError, ValueError) as err:  # a lost peer, a timeout, a bad checkpoint
+        print(f"train.py: rank {rank}: {type(err).__name__}: {err}", file=sys.stderr,
+              flush=True)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def train(opts: Options, rank: int, world: int) -> None:
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    task = make_task(opts, rank)
     torch.manual_seed(opts.seed)
-    task = TeacherTask()
-    model = nn.Sequential(
-        nn.Linear(task.dim, opts.width), nn.ReLU(),
-        nn.Linear(opts.width, opts.width), nn.ReLU(),
-        nn.Linear(opts.width, task.classes),
-    )
-    model = DDP(model)
-    state = None
-    if opts.comm != "none":
-        # distcomp: the two-line change
-        state = CompressionState(model, opts.comm, rank=opts.rank, density=opts.density,
-                                 bits=opts.bits, timeout_s=opts.timeout_s)
-        model.register_comm_hook(state, compression_hook)
-    dense_bytes = sum(4 * p.numel() for p in model.parameters() if p.requires_grad)
+    model = DDP(task.model().to(device))
     opt = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=0.9)
-    step = 0
-    for epoch in range(opts.epochs):
+    state = None
+    if opts.comm == "co2":
+        # distcomp: local steps, pseudo-gradient averaged in the background every tau steps
+        model.register_comm_hook(None, local_hook)
+        opt = CO2(opt, model, tau=opts.tau, timeout_s=opts.timeout_s)
+    elif opts.comm != "none":
+        # distcomp: the two-line change (compressed gradient all-reduce)
+        method = opts.comm.removeprefix("lgreco-")
+        kind = LGreCoState if opts.comm.startswith("lgreco-") else CompressionState
+        state = kind(model, method, rank=opts.rank, density=opts.density, bits=opts.bits,
+                     timeout_s=opts.timeout_s)
+        model.register_comm_hook(state, compression_hook)
+    ledger = state.ledger if state is not None else getattr(opt, "ledger", None)
+    dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    start_epoch, step = 0, 0
+    if opts.resume:
+        done = latest_epoch(opts.checkpoint_dir, world)
+        if done is not None:
+            saved = load_rank(opts.checkpoint_dir, done, rank)
+            model.module.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            if state is not None:
+                state.load_state_dict(saved["comm"])
+            start_epoch, step = done + 1, saved["step"]
+            if rank == 0:
+                print(f"[{opts.comm}] resumed after epoch {done + 1} (step {step})", flush=True)
+
+    log = []
+    for epoch in range(start_epoch, opts.epochs):
         start, total = time.perf_counter(), 0.0
         for _ in range(opts.steps_per_epoch):
-            x, y = task.batch(seed=(opts.seed * 10**7 + step) * world + rank, n=opts.batch_size)
-            loss = F.cross_entropy(model(x), y)
+            x, y = task.batch(step, rank)
+            loss = task.loss(model(x.to(device)), y.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item()
+            log.append({"step": step, "loss": loss.item()})
             step += 1
         step_time = (time.perf_counter() - start) / opts.steps_per_epoch
-        loss_avg = torch.tensor([total / opts.steps_per_epoch])
-        dist.all_reduce(loss_avg)
+        mean = torch.tensor([total / opts.steps_per_epoch], device=device)
+        dist.all_reduce(mean)
         sent = dense_bytes
-        if state is not None:
-            sent = state.ledger.mean_bytes_per_step(last=opts.steps_per_epoch)
+        if ledger is not None and ledger.per_step:
+            sent = ledger.mean_bytes_per_step(last=opts.steps_per_epoch)
         if rank == 0:
-            print(
-                f"[{opts.comm}] epoch {epoch + 1}/{opts.epochs} "
-                f"loss {loss_avg.item() / world:.4f} bytes/step {sent:,.0f} "
-                f"(dense/sent {dense_bytes / sent:.1f}x) step {step_time * 1e3:.1f} ms",
-                flush=True,
-            )
-    dist.destroy_process_group()
+            print(f"[{opts.comm}] epoch {epoch + 1}/{opts.epochs} loss "
+                  f"{mean.item() / world:.4f} bytes/step {sent:,.0f} (dense/sent "
+                  f"{dense_bytes / max(sent, 1):.1f}x) step {step_time * 1e3:.1f} ms", flush=True)
+        if opts.checkpoint_dir:
+            save_rank(opts.checkpoint_dir, epoch, rank, world, {
+                "model": model.module.state_dict(), "optimizer": opt.state_dict(),
+                "comm": state.state_dict() if state is not None else None, "step": step})
+    if isinstance(opt, CO2):
+        opt.synchronize()
+    if rank == 0 and opts.log_json:
+        Path(opts.log_json).write_text(json.dumps(log))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
