@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 # System pieces from Debian's packages, installed only when missing and only as root.
 APT_PKGS := $(if $(shell command -v ip),,iproute2) $(if $(shell command -v tc),,iproute2) \
-            $(if $(shell command -v mpicc),,openmpi-bin libopenmpi-dev)
+            $(if $(shell command -v mpicc),,openmpi-bin libopenmpi-dev) \
+            $(if $(shell command -v slurmctld),,slurm-wlm) $(if $(shell command -v munged),,munge)
 sysdeps:
 	@if [ -n "$(strip $(APT_PKGS))" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
