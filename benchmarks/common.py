@@ -1,10 +1,12 @@
-"""Helpers every benchmark shares: JSON output written atomically, environment description."""
+"""Helpers every benchmark shares: JSON output written atomically, environment description,
+README blocks regenerated between markers."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import signal
 import tempfile
 from pathlib import Path
 
@@ -34,3 +36,32 @@ def write_json(path: str | Path, payload: dict) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def replace_block(readme: str | Path, start: str, end: str, body: str) -> None:
+    """Replace the text between the ``start`` and ``end`` markers of ``readme`` with ``body``
+    (atomically); exits with a message if the markers are missing."""
+    path = Path(readme)
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} block to regenerate")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(head + start + "\n" + body + end + tail)
+    tmp.replace(path)
+
+
+def reap(procs: dict, logs: dict) -> dict[str, str]:
+    """Kill what still runs of ``procs`` (whole process groups: they are started with
+    ``start_new_session``), then return and close each log file's text, by name."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    texts = {}
+    for name, f in logs.items():
+        f.seek(0)
+        texts[name] = f.read()
+        f.close()
+    return texts

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
+
+from benchmarks.common import replace_block
 
 START, END = "<!-- data:start -->", "<!-- data:end -->"
 
@@ -53,14 +54,7 @@ def main() -> None:
     for path, render in ((args.quality, quality), (args.scale, scale)):
         with open(path) as f:
             blocks += render(json.load(f), os.path.relpath(path)) + [""]
-    text = Path(args.readme).read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{args.readme} has no {START} ... {END} block to regenerate")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    tmp = Path(args.readme).with_suffix(".tmp")
-    tmp.write_text(head + START + "\n" + "\n".join(blocks) + END + tail)
-    tmp.replace(args.readme)
+    replace_block(args.readme, START, END, "\n".join(blocks))
 
 
 if __name__ == "__main__":

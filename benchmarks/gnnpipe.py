@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, reap, write_json
 from benchmarks.netbench import error_excerpt
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 
@@ -124,15 +123,7 @@ def run_one(args, net, mode: str, layers: int, index: int, out: Path) -> dict:
         if hung:
             break
         time.sleep(0.5)
-    for p in procs.values():
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    texts = {}
-    for name, f in logs.items():
-        f.seek(0)
-        texts[name] = f.read()
-        f.close()
+    texts = reap(procs, logs)
     result = out / f"{mode}-{layers}.json"
     if hung or any(p.returncode for p in procs.values()) or not result.exists():
         why = hung or f"exit codes {[p.returncode for p in procs.values()]}"

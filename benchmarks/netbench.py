@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, reap, write_json
 from benchmarks.netbench_worker import ARMS, CO2_ARMS, LGRECO_ARMS
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 from benchmarks.workloads import WORKLOADS, prepare
@@ -104,15 +103,7 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
         procs[host] = net.popen(host, cmd, env=env, cwd=REPO, stdout=logs[host],
                                 stderr=subprocess.STDOUT)
     hung = watch(procs, out_dir, f"{workload}-{arm}-rank*.progress", args)
-    for proc in procs.values():
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    texts = {}
-    for host, f in logs.items():
-        f.seek(0)
-        texts[host] = f.read()
-        f.close()
+    texts = reap(procs, logs)
     base = {"workload": workload, "arm": arm, "steps": steps}
     if hung:
         why = f"hang: {hung}, killed. "

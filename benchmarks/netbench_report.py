@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from benchmarks.common import replace_block
 from benchmarks.netns import default_burst
 
 START, END = "<!-- netbench:start -->", "<!-- netbench:end -->"
@@ -193,19 +194,11 @@ def loss_at_wallclock(payload: dict, workload: str) -> tuple[float, dict[str, fl
 
 def update_readme(readme: str, json_paths: list[str]) -> None:
     """Replace the text between the netbench markers with tables from the JSON files."""
-    text = Path(readme).read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} block to regenerate")
     blocks = []
     for path in json_paths:
         with open(path) as f:
             blocks.append(section(json.load(f), os.path.relpath(path)))
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = head + START + "\n" + "\n\n".join(blocks) + "\n" + END + tail
-    tmp = Path(readme).with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(readme)
+    replace_block(readme, START, END, "\n\n".join(blocks) + "\n")
 
 
 def main() -> None:

@@ -145,14 +145,14 @@ class GNNPipe:
         self.prev_rank = rank - 1 if self.stage > 0 else None
         self.next_rank = rank + 1 if self.stage < stages - 1 else None
         self.stage_ranks = [p * stages + self.stage for p in range(partitions)]
-        self.group = _stage_group(stages, partitions, self.stage)
-
         assign = partition(graph, partitions, method=method)
         plan = HaloPlan.build(graph.edge_index, assign, self.part)
         own = plan.own
         if num_chunks > len(own):
             raise ValueError(f"num_chunks ({num_chunks}) exceeds the {len(own)} vertices of a "
                              "pipeline's partition")
+        # -- validated; the first collective follows --------------------------------------
+        self.group = _stage_group(stages, partitions, self.stage)
         chunks = _chunks(graph, own, num_chunks, method)
         # per chunk: its neighbours outside it, and the adjacency with columns numbered
         # (chunk rows, then those neighbours): a layer reads n_c + n_out rows, not all n
@@ -171,7 +171,7 @@ class GNNPipe:
                         if is_graph_layer(modules[j])}
         self.written = {i: torch.full((n,), -1, dtype=torch.int64, device=dev)
                         for i in self.history}
-        self.reads: dict[tuple[int, int], set[int]] = {}
+        self.reads: dict[tuple[int, int], torch.Tensor] = {}  # (module, chunk) -> epochs
         self.n_train = int(graph.train_mask.sum())
         self.epoch = 0
 
