@@ -17,7 +17,7 @@ whole graph), so the same module list trains single-process, graph-parallel or p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -130,14 +130,24 @@ def deep_gcn(in_dim: int, hidden: int, classes: int, layers: int, dropout: float
             nn.Linear(hidden, classes)]
 
 
+def run_layers(modules: Sequence[nn.Module], h: torch.Tensor, adj: torch.Tensor,
+               x0: torch.Tensor | None = None,
+               gather: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows ``h`` through ``modules``: row-wise modules on ``h`` alone; graph layer ``i`` reads
+    its sources from ``gather(h, i)`` (default ``h``: every source is a row of ``h``) through
+    ``adj``. ``x0`` is the first graph layer's input (taken from ``h`` there unless given).
+    Returns (output rows, x0)."""
+    for i, m in enumerate(modules):
+        if is_graph_layer(m):
+            x0 = h if x0 is None else x0
+            h = apply(m, h if gather is None else gather(h, i), adj, h, x0)
+        else:
+            h = m(h)
+    return h, x0
+
+
 def forward_full(modules: Sequence[nn.Module], x: torch.Tensor, adj: torch.Tensor
                  ) -> torch.Tensor:
     """Reference: the whole graph through every module in one process. (n, F) -> (n, C)."""
-    h, x0 = x, None
-    for m in modules:
-        if is_graph_layer(m):
-            x0 = h if x0 is None else x0
-            h = apply(m, h, adj, h, x0)
-        else:
-            h = m(h)
-    return h
+    return run_layers(modules, x, adj)[0]

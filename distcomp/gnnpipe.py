@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from distcomp.gnn_layers import apply, is_graph_layer, uses_x0, wrap
+from distcomp.gnn_layers import apply, is_graph_layer, run_layers, uses_x0, wrap
 from distcomp.graph import Graph, partition
 from distcomp.graph_parallel import all_reduce, default_device, reduce_grads, world
 from distcomp.halo import HaloPlan, PeerLink, exchange
@@ -89,11 +89,7 @@ def widths(modules: Sequence[nn.Module], in_dim: int) -> list[int]:
         for m in modules:
             was = m.training
             m.eval()
-            if is_graph_layer(m):
-                x0 = h if x0 is None else x0
-                h = apply(m, h, eye, h, x0)
-            else:
-                h = m(h)
+            h, x0 = run_layers([m], h, eye, x0)
             m.train(was)
             out.append(h.shape[1])
     return out
@@ -139,7 +135,7 @@ class GNNPipe:
         self.x0_dim = dims[first] if uses_x0(modules) else 0
         self.in_dim = dims[mine.start] + (self.x0_dim if self.stage > 0 else 0)
         self.out_dim = dims[mine.stop] + (self.x0_dim if self.stage < stages - 1 else 0)
-        self.graph, self.momentum, self.timeout_s = graph, history_momentum, timeout_s
+        self.momentum, self.timeout_s = history_momentum, timeout_s
         self.ledger = ledger or ByteLedger()
         self.link = PeerLink(self.ledger, timeout_s, dev)
         self.prev_rank = rank - 1 if self.stage > 0 else None
@@ -284,14 +280,9 @@ class GNNPipe:
         else:
             h = self.link.recv((len(own), self.in_dim), self.prev_rank, EVAL_TAG, "eval")
         h, x0 = (h, None) if self.prev_rank is None else self._split(h)
-        for i, m in enumerate(self.modules):
-            if i not in self.history:
-                h = m(h)
-                continue
-            x0 = h if x0 is None else x0
-            ext = h if self.partitions == 1 else exchange(
-                h, self.plan, self.link, self.stage_ranks, tag=EVAL_TAG + 1, key="eval")
-            h = apply(m, ext, self.eval_adj, h, x0)
+        gather = None if self.partitions == 1 else lambda h, i: exchange(
+            h, self.plan, self.link, self.stage_ranks, tag=EVAL_TAG + 1, key="eval")
+        h, x0 = run_layers(self.modules, h, self.eval_adj, x0, gather)
         counts = torch.zeros(3, 2, device=self.device)
         if self.last:
             pred = h.argmax(1)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from distcomp.comm import wait_work
-from distcomp.gnn_layers import apply, is_graph_layer, wrap
+from distcomp.gnn_layers import run_layers, wrap
 from distcomp.graph import Graph, partition
 from distcomp.halo import HaloPlan, PeerLink, exchange
 from distcomp.ledger import CONTROL_KEY, ByteLedger
@@ -81,7 +81,6 @@ class GraphParallel:
                  device: torch.device | str | None = None):
         self.rank, self.world_size = world()
         self.device = torch.device(device) if device is not None else default_device()
-        self.graph = graph
         self.modules = nn.ModuleList(wrap(m) for m in modules).to(self.device)
         self.ledger = ledger or ByteLedger()
         self.timeout_s = timeout_s
@@ -102,16 +101,9 @@ class GraphParallel:
         return self.modules.parameters()
 
     def _forward(self, key: str = "halo") -> torch.Tensor:
-        h, x0 = self.x, None
-        for i, m in enumerate(self.modules):
-            if is_graph_layer(m):
-                x0 = h if x0 is None else x0
-                ext = h if self.world_size == 1 else exchange(
-                    h, self.plan, self.link, range(self.world_size), tag=2 * i, key=key)
-                h = apply(m, ext, self.adj, h, x0)
-            else:
-                h = m(h)
-        return h
+        gather = None if self.world_size == 1 else lambda h, i: exchange(
+            h, self.plan, self.link, range(self.world_size), tag=2 * i, key=key)
+        return run_layers(self.modules, self.x, self.adj, gather=gather)[0]
 
     def train_epoch(self, optimizer: torch.optim.Optimizer) -> float:
         self.modules.train()
