@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-RUN    := OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1
+RUN    := OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1 PATH=$(CURDIR)/$(BIN):$$PATH
 TORCHRUN := $(RUN) $(BIN)/torchrun --standalone --nproc_per_node=2
 
-.PHONY: venv sysdeps mpi test lint demo bench clean
+.PHONY: venv sysdeps mpi deepspeed horovod test lint demo bench clean
 
 venv: $(STAMP)
 
@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 # System pieces from Debian's packages, installed only when missing and only as root.
 APT_PKGS := $(if $(shell command -v ip),,iproute2) $(if $(shell command -v tc),,iproute2) \
             $(if $(shell command -v mpicc),,openmpi-bin libopenmpi-dev) \
-            $(if $(shell command -v slurmctld),,slurm-wlm) $(if $(shell command -v munged),,munge)
+            $(if $(shell command -v slurmctld),,slurm-wlm) $(if $(shell command -v munged),,munge) \
+            $(if $(shell command -v cmake),,cmake) $(if $(shell command -v g++),,g++)
 sysdeps:
 	@if [ -n "$(strip $(APT_PKGS))" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
@@ -37,7 +38,38 @@ mpi: venv sysdeps
 	@$(BIN)/python -c "import mpi4py" 2>/dev/null || $(BIN)/pip install -q 'mpi4py>=3.1' || \
 	  echo "mpi4py did not install: the mpirun tests will skip"
 
-test: lint sysdeps mpi
+# DeepSpeed (the deepspeed extra) without prebuilt ops: the one it needs on CPU JIT-compiles on
+# first use into .torch_extensions/. Where it cannot install, its tests skip and say so.
+deepspeed: venv
+	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('deepspeed') is None)" || \
+	  DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt --no-build-isolation 'deepspeed>=0.14' || \
+	  echo "deepspeed did not install: the DeepSpeed tests will skip"
+
+# Horovod 0.28.1 (the horovod extra) built from its sdist with gloo and PyTorch. As shipped it
+# does not build against torch >= 2.1: its CMake files ask for C++14 (torch's headers need
+# C++17) and its bundled gloo for C++11 (linking then fails on a duplicate
+# gloo::rendezvous::Store::kDefaultTimeout). The three lines are raised to C++17 in the
+# unpacked sdist under build/, then pip builds it (about 2.5 minutes, needs cmake and g++).
+HOROVOD := horovod-0.28.1
+HVD_SRC := build/horovod/$(HOROVOD)
+horovod: venv sysdeps
+	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('horovod') is None)" || \
+	  $(MAKE) --no-print-directory horovod-build || \
+	  echo "horovod did not build: the Horovod tests will skip"
+
+horovod-build:
+	rm -rf build/horovod && mkdir -p build/horovod
+	$(BIN)/pip download -q --no-deps --no-binary :all: --no-build-isolation \
+	  '$(subst -,==,$(HOROVOD))' -d build/horovod
+	tar -xzf build/horovod/$(HOROVOD).tar.gz -C build/horovod
+	sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
+	  $(HVD_SRC)/CMakeLists.txt $(HVD_SRC)/horovod/torch/CMakeLists.txt
+	sed -i 's/-std=c++11 -fPIC/-std=c++17 -fPIC/' $(HVD_SRC)/third_party/gloo/CMakeLists.txt
+	HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+	  HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS= \
+	  $(BIN)/pip install -q -c constraints.txt --no-build-isolation ./$(HVD_SRC)
+
+test: lint sysdeps mpi deepspeed
 	$(RUN) $(BIN)/python -m pytest -q
 
 demo: venv

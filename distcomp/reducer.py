@@ -41,6 +41,18 @@ class _Slot:
     setting: float | None  # None: travels uncompressed
 
 
+def parse_options(method: str, options: dict, lgreco: LGreCoConfig | dict | None = None
+                  ) -> tuple[CompressionConfig, LGreCoConfig | None]:
+    """Validate the user-facing knobs of every integration (a typo fails here, before any
+    process group or collective); ``lgreco`` may be a dict of :class:`LGreCoConfig` fields."""
+    config = CompressionConfig.from_dict({"method": method, **options})
+    if isinstance(lgreco, dict):
+        lgreco = LGreCoConfig.from_dict(lgreco)
+    if lgreco is not None and not isinstance(lgreco, LGreCoConfig):
+        raise ValueError(f"lgreco must be an LGreCoConfig, a dict or None, got {lgreco!r}")
+    return config, lgreco
+
+
 class CompressedReducer:
     """Compression state of one process for a set of named tensors.
 
@@ -228,6 +240,23 @@ class CompressedReducer:
             self.ledger.record(step, s.key, nb, "allgather")
         self.ledger.record(step, CONTROL_KEY, FP32_BYTES, "allreduce")
         return True
+
+    def reduce_parameters(self, params: dict[str, torch.Tensor], names: list[str], comm: Comm,
+                          step: int) -> None:
+        """Average the ``.grad`` of ``params[name]`` for every name, in place: the entry point
+        of integrations that own no gradient buckets (DeepSpeed, Horovod). A parameter without
+        a gradient on this rank contributes zeros, so every rank reduces the same tensors in
+        the same order (DeepSpeed's own all-reduce does the same)."""
+        grads = []
+        for name in names:
+            p = params[name]
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            elif p.grad.is_sparse:
+                raise ValueError(f"parameter {name!r} has a sparse gradient; distcomp "
+                                 "compresses dense gradients only")
+            grads.append(p.grad)
+        self.reduce(grads, names, comm, step)
 
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -1,4 +1,6 @@
-"""Functions that DDP (and later DeepSpeed / Horovod) call, thin over :mod:`distcomp`."""
+"""Functions that DDP, DeepSpeed (:mod:`hooks.deepspeed`) and Horovod (:mod:`hooks.horovod`)
+call, thin over :mod:`distcomp`. The last two are imported on their own: they need their
+framework."""
 
 from hooks.ddp import CompressionState, compression_hook
 from hooks.lgreco import LGreCoState, lgreco_hook

@@ -23,10 +23,9 @@ import torch.distributed as dist
 from torch import nn
 
 from distcomp.comm import TorchComm
-from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer
+from distcomp.reducer import CompressedReducer, parse_options
 
 
 class CompressionState:
@@ -62,17 +61,13 @@ class CompressionState:
         lgreco: "LGreCoConfig | dict | None" = None,
         **options,
     ):
-        self.config = CompressionConfig.from_dict({"method": method, **options})
-        if isinstance(lgreco, dict):
-            lgreco = LGreCoConfig.from_dict(lgreco)
-        if lgreco is not None and not isinstance(lgreco, LGreCoConfig):
-            raise ValueError(f"lgreco must be an LGreCoConfig, a dict or None, got {lgreco!r}")
+        self.config, lgreco = parse_options(method, options, lgreco)
+        self.reducer = CompressedReducer(self.config, rank=dist.get_rank(), lgreco=lgreco)
         module = model.module if hasattr(model, "module") else model
         self._names = {id(p): name for name, p in module.named_parameters()}
         if process_group is None:
             process_group = dist.new_group(backend=dist.get_backend())
         self.process_group = process_group
-        self.reducer = CompressedReducer(self.config, rank=dist.get_rank(), lgreco=lgreco)
         self.step = 0
         self._start_worker()
 
