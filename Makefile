@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    := OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1 PATH=$(CURDIR)/$(BIN):$$PATH
 TORCHRUN := $(RUN) $(BIN)/torchrun --standalone --nproc_per_node=2
 
-.PHONY: venv sysdeps mpi deepspeed horovod test lint demo bench clean
+.PHONY: venv sysdeps mpi deepspeed horovod horovod-build test test-horovod lint demo bench clean
 
 venv: $(STAMP)
 
@@ -72,6 +72,10 @@ horovod-build:
 test: lint sysdeps mpi deepspeed
 	$(RUN) $(BIN)/python -m pytest -q
 
+# Horovod's tests are not in `make test` (CI): building Horovod takes ~4 minutes here.
+test-horovod: horovod
+	$(RUN) $(BIN)/python -m pytest -q tests/hooks/test_horovod.py
+
 demo: venv
 	$(TORCHRUN) launch/train.py --comm none
 	$(TORCHRUN) launch/train.py --comm powersgd --rank 4
@@ -98,6 +102,9 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.data_quality --json $(RESULTS)/data_quality.json
 	$(RUN) $(BIN)/python -m benchmarks.data_scale --json $(RESULTS)/data_scale.json
 	$(RUN) $(BIN)/python -m benchmarks.gnnpipe --json $(RESULTS)/gnnpipe.json
+	$(MAKE) --no-print-directory deepspeed horovod
+	$(RUN) $(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json
+	$(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json --readme README.md
 	$(BIN)/python -m benchmarks.gnnpipe_report --readme README.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data_report --readme README.md $(RESULTS)/data_quality.json \
 	  $(RESULTS)/data_scale.json

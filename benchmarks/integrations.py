@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import environment, replace_block, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"ddp": "train.py", "deepspeed": "train_deepspeed.py", "horovod": "train_horovod.py"}
@@ -83,15 +83,26 @@ def main(argv=None) -> None:
     parser.add_argument("--json", required=True)
     parser.add_argument("--comms", default="powersgd,topk,qsgd",
                         help="compressed arms, comma-separated (each framework also runs none)")
+    parser.add_argument("--frameworks", default="ddp,deepspeed,horovod")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--readme", help="regenerate this README's integrations table from "
+                        "--json (nothing is run)")
     args = parser.parse_args(argv)
+    if args.readme:
+        body = table(json.loads(Path(args.json).read_text()))
+        replace_block(args.readme, "<!-- integrations:start -->", "<!-- integrations:end -->",
+                      body)
+        return
     comms = ["none"] + [c for c in args.comms.split(",") if c]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for framework in SCRIPTS:
+        for framework in args.frameworks.split(","):
+            if framework not in SCRIPTS:
+                raise SystemExit(f"--frameworks: unknown {framework!r}; choose from "
+                                 f"{', '.join(SCRIPTS)}")
             why = missing(framework)
             for comm in comms:
                 if why is not None:
@@ -108,7 +119,7 @@ def main(argv=None) -> None:
             del r["losses"]
     write_json(args.json, {"benchmark": "integrations", "environment": environment(),
                            "config": vars(args), "results": results})
-    for framework in SCRIPTS:
+    for framework in args.frameworks.split(","):
         arms = {r["comm"]: r for r in results if r["framework"] == framework and "skipped" not in r}
         base = arms.get(BASELINES[framework])
         if base is None:
@@ -118,6 +129,29 @@ def main(argv=None) -> None:
                  f"{r['final_loss'] / base['final_loss']:.3f}x" for c, r in arms.items()
                  if c != BASELINES[framework]]
         print(f"integrations: {framework}: " + "; ".join(parts), flush=True)
+
+
+def table(payload: dict) -> str:
+    """Markdown rows for README: one line per framework and --comm."""
+    cfg = payload["config"]
+    rows = ["| framework | `--comm` | bytes / step | vs its own all-reduce | loss (last 20 steps) "
+            "| step (ms) | same losses as DDP |", "|---|---|---|---|---|---|---|"]
+    base = {r["framework"]: r for r in payload["results"] if r["comm"] == "none"}
+    for r in payload["results"]:
+        if "skipped" in r:
+            rows.append(f"| {r['framework']} | {r['comm']} | skipped: {r['skipped']} |||||")
+            continue
+        b = base[r["framework"]]
+        rows.append(f"| {r['framework']} | {r['comm']} | {r['bytes_per_step']:,.0f} | "
+                    + ("own all-reduce | " if r is b else
+                       f"{b['bytes_per_step'] / r['bytes_per_step']:.1f}x fewer | ")
+                    + f"{r['final_loss']:.4f} | {r['step_ms']:.1f} | "
+                    f"{'yes' if r['same_losses_as_ddp'] else 'no'} |")
+    return (f"2 ranks on one host (loopback, gloo), teacher MLP width {cfg['width']}, "
+            f"{cfg['steps']} steps, PowerSGD rank {cfg['rank']}, top-k 1%, QSGD 4 bits. Step times "
+            "on loopback show compute overhead only (the bandwidth-limited figures are "
+            "netbench's):\n\n"
+            + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
