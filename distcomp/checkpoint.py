@@ -1,11 +1,13 @@
 """Per-rank training checkpoints that are never half-written and never silently corrupt.
 
-Every rank saves its own file per epoch (compression residuals and CO2's local state differ per
-rank): ``<dir>/epoch<E>-rank<R>.pt``, written to a temporary name, fsynced, then renamed, with a
-SHA-256 of the payload in its first line. After every rank has saved (a barrier), rank 0 records
-the epoch in ``<dir>/latest.json`` the same way. A resume takes the newest epoch whose files
-all exist and verify, so a crash in the middle of saving, or a file cut short on disk, falls
-back to the previous good epoch. The newest ``keep`` epochs are kept.
+Every rank saves its own file per checkpoint (compression residuals and CO2's local state differ
+per rank): ``<dir>/ckpt<I>-rank<R>.pt`` for a growing index I (``launch/train.py`` uses the
+global step, so a save at an epoch's end and one on SIGTERM mid-epoch order naturally), written
+to a temporary name, fsynced, then renamed, with a SHA-256 of the payload in its first line.
+After every rank has saved (a barrier), rank 0 records the index in ``<dir>/latest.json`` the
+same way. A resume takes the newest index whose files all exist and verify, so a crash in the
+middle of saving, or a file cut short on disk, falls back to the previous good one. The newest
+``keep`` checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -37,34 +39,34 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _path(directory: str | Path, epoch: int, rank: int) -> Path:
-    return Path(directory) / f"epoch{epoch}-rank{rank}.pt"
+def _path(directory: str | Path, index: int, rank: int) -> Path:
+    return Path(directory) / f"ckpt{index}-rank{rank}.pt"
 
 
-def save_rank(directory: str | Path, epoch: int, rank: int, world: int, payload: dict,
+def save_rank(directory: str | Path, index: int, rank: int, world: int, payload: dict,
               keep: int = 2) -> None:
-    """Save this rank's ``payload`` for ``epoch`` (0-based); collective over the default group
-    (a barrier, then rank 0 marks the epoch complete)."""
+    """Save this rank's ``payload`` as checkpoint ``index`` (>= 0, growing); collective over the
+    default group (a barrier, then rank 0 marks the checkpoint complete)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    _atomic_write(_path(directory, epoch, rank),
+    _atomic_write(_path(directory, index, rank),
                   MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
         _atomic_write(directory / "latest.json",
-                      json.dumps({"epoch": epoch, "world": world}).encode())
-        for old in sorted(_epochs(directory))[:-keep]:
+                      json.dumps({"index": index, "world": world}).encode())
+        for old in sorted(_indices(directory))[:-keep]:
             for r in range(world):
                 _path(directory, old, r).unlink(missing_ok=True)
 
 
-def _epochs(directory: Path) -> set[int]:
-    return {int(m.group(1)) for p in directory.glob("epoch*-rank*.pt")
-            if (m := re.fullmatch(r"epoch(\d+)-rank\d+\.pt", p.name))}
+def _indices(directory: Path) -> set[int]:
+    return {int(m.group(1)) for p in directory.glob("ckpt*-rank*.pt")
+            if (m := re.fullmatch(r"ckpt(\d+)-rank\d+\.pt", p.name))}
 
 
 def _read(path: Path) -> bytes:
@@ -78,10 +80,10 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def latest_epoch(directory: str | Path, world: int) -> int | None:
-    """Newest complete epoch: recorded in latest.json (or earlier) with every rank's file
-    present and verified. None if there is no checkpoint; ValueError if the checkpoint was
-    made with a different number of ranks."""
+def latest(directory: str | Path, world: int) -> int | None:
+    """Index of the newest complete checkpoint: recorded in latest.json (or earlier) with every
+    rank's file present and verified. None if there is none; ValueError if it was made with a
+    different number of ranks."""
     directory = Path(directory)
     marker = directory / "latest.json"
     if not marker.exists():
@@ -90,15 +92,15 @@ def latest_epoch(directory: str | Path, world: int) -> int | None:
     if info["world"] != world:
         raise ValueError(f"the checkpoint in {directory} was made by {info['world']} ranks, "
                          f"this run has {world}")
-    for epoch in sorted((e for e in _epochs(directory) if e <= info["epoch"]), reverse=True):
+    for index in sorted((i for i in _indices(directory) if i <= info["index"]), reverse=True):
         try:
             for r in range(world):
-                _read(_path(directory, epoch, r))
+                _read(_path(directory, index, r))
         except (OSError, ValueError):
             continue
-        return epoch
+        return index
     return None
 
 
-def load_rank(directory: str | Path, epoch: int, rank: int) -> dict:
-    return torch.load(io.BytesIO(_read(_path(directory, epoch, rank))), weights_only=False)
+def load_rank(directory: str | Path, index: int, rank: int) -> dict:
+    return torch.load(io.BytesIO(_read(_path(directory, index, rank))), weights_only=False)

@@ -44,11 +44,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.amp.grad_scaler import OptState
 
-from distcomp.comm import CollectiveTimeout, TorchComm, wait_work
+from distcomp.comm import CollectiveTimeout, TorchComm, check_same, model_fingerprint, wait_work
 from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer
+from distcomp.reducer import CompressedReducer, settings_of
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -193,6 +193,12 @@ class CO2:
         self.group = dist.new_group(ranks=ranks)
         self.comm = TorchComm(self.group, self.config.timeout_s)
         self.flag_group = dist.new_group(ranks=ranks)  # never queued behind a pseudo-gradient
+        settings = {f"co2.{k}": v for k, v in asdict(self.config).items()}
+        if compression is not None:
+            settings.update(settings_of(compression, lgreco, named))
+        else:
+            settings["parameters"] = model_fingerprint(named)
+        check_same(self.comm, "CO2", settings)
         self.reducer = None
         if compression is not None:
             self.reducer = CompressedReducer(compression, self.comm.rank, lgreco)

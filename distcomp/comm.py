@@ -5,6 +5,8 @@ exception, never a hang.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import timedelta
 from typing import Protocol
 
@@ -73,3 +75,37 @@ class TorchComm:
         work = gather(flat, t.reshape(-1), group=self.group, async_op=True)
         out = flat.view(self.world_size, *t.shape)
         return _TorchHandle(work, out, f"all_gather of {t.numel()} x {t.dtype}", self.timeout_s)
+
+
+def check_same(comm: Comm, what: str, settings: dict) -> None:
+    """Raise the same ValueError on every rank if the ranks were set up differently.
+
+    A rank with another PowerSGD rank, CO2 tau or L-GreCo budget would not hang at once: it
+    would pair collectives of other sizes (gloo aborts, NCCL may read garbage) or, worse,
+    average silently wrong. So each integration calls this once at set-up: a 32-byte SHA-256
+    of ``settings`` (JSON, sorted keys) is all-gathered; only when the digests differ are the
+    settings themselves gathered, so that every rank raises the same message naming each field
+    and each rank's value. Costs one all-gather of world x 32 bytes.
+    """
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    digest = torch.tensor(list(hashlib.sha256(blob).digest()), dtype=torch.uint8)
+    digests = comm.all_gather(digest).wait()
+    if bool((digests == digests[0]).all()):
+        return
+    lengths = comm.all_gather(torch.tensor([len(blob)], dtype=torch.int64)).wait().reshape(-1)
+    padded = torch.zeros(int(lengths.max()), dtype=torch.uint8)
+    padded[: len(blob)] = torch.tensor(list(blob), dtype=torch.uint8)
+    rows = comm.all_gather(padded).wait()
+    per_rank = [json.loads(bytes(rows[r, : int(n)].tolist())) for r, n in enumerate(lengths)]
+    keys = sorted({k for s in per_rank for k in s})
+    differ = [k for k in keys if any(s.get(k) != per_rank[0].get(k) for s in per_rank)]
+    detail = "; ".join(
+        f"{k}: " + ", ".join(f"rank {r}={s.get(k)!r}" for r, s in enumerate(per_rank))
+        for k in differ)
+    raise ValueError(f"{what}: ranks were configured differently ({detail})")
+
+
+def model_fingerprint(named: list[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 of the trainable parameters' names, shapes and dtypes, to compare across ranks."""
+    text = ";".join(f"{n}:{tuple(p.shape)}:{p.dtype}" for n, p in named)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -22,11 +22,11 @@ Per bucket, with W ranks:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
-from distcomp.comm import Comm
+from distcomp.comm import Comm, model_fingerprint
 from distcomp.compressor import FP32_BYTES, GatherCompressor
 from distcomp.config import CompressionConfig
 from distcomp.ledger import CONTROL_KEY, ByteLedger
@@ -51,6 +51,17 @@ def parse_options(method: str, options: dict, lgreco: LGreCoConfig | dict | None
     if lgreco is not None and not isinstance(lgreco, LGreCoConfig):
         raise ValueError(f"lgreco must be an LGreCoConfig, a dict or None, got {lgreco!r}")
     return config, lgreco
+
+
+def settings_of(config: CompressionConfig, lgreco: LGreCoConfig | None,
+                named: list[tuple[str, torch.Tensor]]) -> dict:
+    """The flat dict :func:`~distcomp.comm.check_same` compares across ranks at set-up: every
+    compression knob, every L-GreCo knob, and the trainable parameters' names and shapes."""
+    out = dict(config.to_dict())
+    if lgreco is not None:
+        out.update({f"lgreco.{k}": v for k, v in asdict(lgreco).items()})
+    out["parameters"] = model_fingerprint(named)
+    return out
 
 
 class CompressedReducer:

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from distcomp.comm import TorchComm
+from distcomp.comm import TorchComm, check_same
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, parse_options
+from distcomp.reducer import CompressedReducer, parse_options, settings_of
 
 
 class CompressionState:
@@ -70,6 +70,8 @@ class CompressionState:
         self.process_group = process_group
         self.step = 0
         self._start_worker()
+        check_same(self._comm, "CompressionState", settings_of(
+            self.config, lgreco, [(n, p) for n, p in module.named_parameters() if p.requires_grad]))
 
     def _start_worker(self) -> None:
         self._comm = TorchComm(self.process_group, self.config.timeout_s)

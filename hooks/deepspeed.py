@@ -34,10 +34,10 @@ from typing import Any
 
 import torch.distributed as dist
 
-from distcomp.comm import TorchComm
+from distcomp.comm import TorchComm, check_same
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, parse_options
+from distcomp.reducer import CompressedReducer, parse_options, settings_of
 
 
 class DeepSpeedCompression:
@@ -67,7 +67,9 @@ class DeepSpeedCompression:
         check_engine(engine)
         self.group = engine.seq_data_parallel_group
         self.comm = TorchComm(self.group, self.config.timeout_s)
-        self.names = [n for n, p in engine.module.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        check_same(self.comm, "DeepSpeedCompression", settings_of(self.config, lgreco, named))
         self.step = 0
 
     @property

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from distcomp.comm import CollectiveTimeout
+from distcomp.comm import CollectiveTimeout, check_same
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, parse_options
+from distcomp.reducer import CompressedReducer, parse_options, settings_of
 
 
 class _HorovodHandle:
@@ -98,8 +98,10 @@ class HorovodCompression:
         self.config, lgreco = parse_options(method, options, lgreco)
         self.reducer = CompressedReducer(self.config, rank=hvd.rank(), lgreco=lgreco)
         self.model = model
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
         self.comm = HorovodComm(hvd, self.config.timeout_s)
+        check_same(self.comm, "HorovodCompression", settings_of(self.config, lgreco, named))
         self.step = 0
 
     @property

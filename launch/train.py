@@ -11,9 +11,13 @@ a fixed random network labels Gaussian inputs, an MLP learns it) and the benchma
 built offline into ``--data-dir`` on first use. Prints one line per epoch: loss, payload bytes
 per step and step time. With ``--checkpoint-dir`` every rank saves its state after each epoch
 (model, optimizer, compression / CO2 state: error-feedback residuals differ per rank);
-``--resume`` continues from the last epoch all ranks completed, taking the same steps an
-uninterrupted run takes. Every collective has a timeout (``--timeout-s``): a lost peer ends
-every rank with an error naming it, never a hang.
+``--resume`` continues from the newest checkpoint all ranks completed, taking the same steps an
+uninterrupted run takes. SIGTERM (what SLURM sends before a time limit or a preemption, and
+what torchrun forwards) makes every rank stop at the same step within ``--stop-check-steps``,
+save a checkpoint (with ``--checkpoint-dir``) and exit with ``EXIT_PREEMPTED`` = 143: not
+finished, resumable.
+Every collective has a timeout (``--timeout-s``): a lost peer ends every rank with an error
+naming it, never a hang.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -36,8 +41,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
 
-from distcomp.checkpoint import latest_epoch, load_rank, save_rank  # noqa: E402
+from distcomp.checkpoint import latest, load_rank, save_rank  # noqa: E402
 from distcomp.co2 import CO2  # noqa: E402
+from distcomp.comm import wait_work  # noqa: E402
 from hooks import CompressionState, LGreCoState, compression_hook, local_hook  # noqa: E402
 
 COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd",
@@ -63,6 +69,7 @@ class Options:
     resume: bool = False
     data_dir: str = "bench-results/data"
     log_json: str = ""  # rank 0 writes every step's loss here (for comparisons)
+    stop_check_steps: int = 10  # how often ranks agree on whether a SIGTERM arrived
 
 
 def parse_args(argv=None) -> Options:
@@ -80,7 +87,36 @@ def parse_args(argv=None) -> Options:
         parser.error(f"--workload must be teacher, lm or cnn, got {opts.workload!r}")
     if opts.resume and not opts.checkpoint_dir:
         parser.error("--resume needs --checkpoint-dir")
+    if opts.stop_check_steps < 1:
+        parser.error(f"--stop-check-steps must be >= 1, got {opts.stop_check_steps}")
     return opts
+
+
+EXIT_PREEMPTED = 128 + signal.SIGTERM
+
+
+class StopRequest:
+    """Set by SIGTERM; :meth:`agreed` turns it into the same decision on every rank.
+
+    Ranks get the signal at different steps (or one rank only), so a rank cannot simply stop:
+    the others would wait in their next collective until the timeout. Every ``every`` steps all
+    ranks all-reduce their flag (4 bytes, MAX); all see the same result at the same step.
+    """
+
+    def __init__(self, every: int, timeout_s: float):
+        self.every, self.timeout_s, self.requested = every, timeout_s, False
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self, step: int, device: torch.device) -> bool:
+        if step % self.every:
+            return False
+        flag = torch.tensor([float(self.requested)], device=device)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+        wait_work(work, "all_reduce of the stop flag", self.timeout_s)
+        return bool(flag.item())
 
 
 def init_distributed(timeout_s: float) -> tuple[int, int]:
@@ -166,7 +202,8 @@ def main(argv=None) -> int:
     opts = parse_args(argv)
     rank, world = init_distributed(opts.timeout_s)
     try:
-        train(opts, rank, world)
+        if not train(opts, rank, world):
+            return EXIT_PREEMPTED
     except (RuntimeError, ValueError) as err:  # a lost peer, a timeout, a bad checkpoint
         print(f"train.py: rank {rank}: {type(err).__name__}: {err}", file=sys.stderr,
               flush=True)
@@ -177,7 +214,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def train(opts: Options, rank: int, world: int) -> None:
+def train(opts: Options, rank: int, world: int) -> bool:
+    """Train; False if stopped early by SIGTERM (after saving, with --checkpoint-dir)."""
+    stop = StopRequest(opts.stop_check_steps, opts.timeout_s)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     task = make_task(opts, rank)
     torch.manual_seed(opts.seed)
@@ -198,47 +237,64 @@ def train(opts: Options, rank: int, world: int) -> None:
     ledger = state.ledger if state is not None else getattr(opt, "ledger", None)
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
-    start_epoch, step = 0, 0
+    step = 0
     if opts.resume:
-        done = latest_epoch(opts.checkpoint_dir, world)
+        done = latest(opts.checkpoint_dir, world)
         if done is not None:
             saved = load_rank(opts.checkpoint_dir, done, rank)
             model.module.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             if state is not None:
                 state.load_state_dict(saved["comm"])
-            start_epoch, step = done + 1, saved["step"]
+            step = saved["step"]
             if rank == 0:
-                print(f"[{opts.comm}] resumed after epoch {done + 1} (step {step})", flush=True)
+                print(f"[{opts.comm}] resumed at step {step}", flush=True)
+
+    def save() -> None:
+        save_rank(opts.checkpoint_dir, step, rank, world, {
+            "model": model.module.state_dict(), "optimizer": opt.state_dict(),
+            "comm": state.state_dict() if state is not None else None, "step": step})
 
     log = []
-    for epoch in range(start_epoch, opts.epochs):
-        start, total = time.perf_counter(), 0.0
-        for _ in range(opts.steps_per_epoch):
+    for epoch in range(step // opts.steps_per_epoch, opts.epochs):
+        start, total, count = time.perf_counter(), 0.0, 0
+        while count == 0 or step % opts.steps_per_epoch:
             x, y = task.batch(step, rank)
             loss = task.loss(model(x.to(device)), y.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item()
+            count += 1
             log.append({"step": step, "loss": loss.item()})
             step += 1
-        step_time = (time.perf_counter() - start) / opts.steps_per_epoch
-        mean = torch.tensor([total / opts.steps_per_epoch], device=device)
+            if stop.agreed(step, device):
+                if opts.checkpoint_dir:
+                    save()
+                if rank == 0:
+                    saved = f"saved step {step}" if opts.checkpoint_dir else "no --checkpoint-dir"
+                    print(f"[{opts.comm}] SIGTERM: stopped at step {step} ({saved})", flush=True)
+                _write_log(opts, rank, log)
+                return False
+        step_time = (time.perf_counter() - start) / count
+        mean = torch.tensor([total / count], device=device)
         dist.all_reduce(mean)
         sent = dense_bytes
         if ledger is not None and ledger.per_step:
-            sent = ledger.mean_bytes_per_step(last=opts.steps_per_epoch)
+            sent = ledger.mean_bytes_per_step(last=count)
         if rank == 0:
             print(f"[{opts.comm}] epoch {epoch + 1}/{opts.epochs} loss "
                   f"{mean.item() / world:.4f} bytes/step {sent:,.0f} (dense/sent "
                   f"{dense_bytes / max(sent, 1):.1f}x) step {step_time * 1e3:.1f} ms", flush=True)
         if opts.checkpoint_dir:
-            save_rank(opts.checkpoint_dir, epoch, rank, world, {
-                "model": model.module.state_dict(), "optimizer": opt.state_dict(),
-                "comm": state.state_dict() if state is not None else None, "step": step})
+            save()
     if isinstance(opt, CO2):
         opt.synchronize()
+    _write_log(opts, rank, log)
+    return True
+
+
+def _write_log(opts: Options, rank: int, log: list) -> None:
     if rank == 0 and opts.log_json:
         Path(opts.log_json).write_text(json.dumps(log))
 

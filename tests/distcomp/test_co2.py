@@ -358,3 +358,14 @@ def test_a_silent_peer_fails_the_outer_round_instead_of_hanging():
     r0 = run_ranks(_silent_peer, timeout_s=60)[0]
     assert r0["error"] is not None and "CollectiveTimeout" in r0["error"], r0
     assert r0["seconds"] < 10, r0
+
+
+def _tau_per_rank(rank, world):
+    opt = torch.optim.SGD((model := _local_ddp()).parameters(), lr=0.1)
+    return outcome(lambda: CO2(opt, model, tau=3 + rank))["error"]
+
+
+def test_ranks_with_different_tau_get_the_same_clear_error():
+    r0, r1 = run_ranks(_tau_per_rank)
+    assert r0 == r1 and "CO2: ranks were configured differently (co2.tau: rank 0=3, " \
+        "rank 1=4)" in r0

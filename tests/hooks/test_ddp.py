@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hooks import CompressionState, compression_hook
+from hooks import CompressionState, LGreCoState, compression_hook
 from tests.models import ConvNet, Teacher, convnet_batch, mlp
 from tests.multiproc import outcome, run_ranks
 from tests.resume import resume_matches
@@ -327,3 +327,29 @@ def test_a_silent_peer_becomes_an_error_not_a_hang():
     r0 = run_ranks(_silent_peer, timeout_s=60)[0]
     assert r0["error"] is not None and "timed out" in r0["error"], r0
     assert r0["seconds"] < 10, r0
+
+
+def _configured_per_rank(rank, world):
+    """One state per case, each rank with its own setting; the error each rank raised."""
+    cases = {
+        "powersgd rank": (CompressionState, {"method": "powersgd", "rank": 4 + 4 * rank}),
+        "lgreco budget": (LGreCoState, {"method": "topk", "lgreco": {"alpha": 1.0 + rank}}),
+        "model": (CompressionState, {"method": "qsgd"}),
+    }
+    errors = {}
+    for name, (kind, options) in cases.items():
+        model = nn.Linear(8, 8 + rank) if name == "model" else nn.Linear(8, 8)
+        method = options.pop("method")
+        errors[name] = outcome(lambda k=kind, m=model, a=method, o=options: k(m, a, **o))["error"]
+    return errors
+
+
+def test_ranks_configured_differently_get_the_same_clear_error():
+    """Detected when the state is built (one 32-byte all-gather), identically on every rank,
+    naming the field and each rank's value: never a hang or a silently wrong average."""
+    r0, r1 = run_ranks(_configured_per_rank)
+    assert r0 == r1
+    assert "ranks were configured differently (rank: rank 0=4, rank 1=8)" in r0["powersgd rank"]
+    assert "lgreco.alpha: rank 0=1.0, rank 1=2.0" in r0["lgreco budget"]
+    assert r0["model"].startswith("ValueError: CompressionState: ranks were configured "
+                                  "differently (parameters: rank 0=")

@@ -15,7 +15,7 @@ from hooks import CompressionState, compression_hook
 from tests.multiproc import run_ranks
 
 
-def _train_big_mlp(rank, world, repeats=3, steps=6):
+def _train_big_mlp(rank, world, repeats=2, steps=6):
     import torch.distributed as dist
 
     out = []
@@ -42,6 +42,6 @@ def _train_big_mlp(rank, world, repeats=3, steps=6):
 
 def test_multi_bucket_model_trains_without_abort_or_hang():
     for rank_result in run_ranks(_train_big_mlp, timeout_s=240):
-        assert len(rank_result) == 9
+        assert len(rank_result) == 6
         for method, steps, same in rank_result:
             assert steps == 6 and same, method

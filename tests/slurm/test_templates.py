@@ -24,41 +24,81 @@ FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
          "PREEMPTED", "BOOT_FAIL", "DEADLINE")
 
 
+def job_env(slurm_env: dict, **params: str) -> dict:
+    """The job's environment: the test's venv on PATH, no checkpoints unless asked (the default
+    would write them under the repository)."""
+    return {**slurm_env, "CHECKPOINT_DIR": "", **params, "VENV": "", "OMP_NUM_THREADS": "1",
+            "PATH": f"{VENV_BIN}:{slurm_env['PATH']}"}
+
+
 def sbatch(slurm_env: dict, template: str, out: Path, *options: str, timeout: float = 300,
            **params: str) -> tuple[int, str]:
     """Submit ``slurm/<template>`` with the given environment parameters and wait for the job;
     returns (the job's exit code, its output). Polls ``scontrol`` every 0.2 s: ``sbatch
     --wait`` sleeps up to 32 s between its own checks."""
-    env = {**slurm_env, **params, "VENV": "", "OMP_NUM_THREADS": "1",
-           "PATH": f"{VENV_BIN}:{slurm_env['PATH']}"}
+    env = job_env(slurm_env, **params)
+    job = submit(env, template, out, *options)
+    return wait_job(env, job, timeout), out.read_text() if out.exists() else ""
+
+
+def submit(env: dict, template: str, out: Path, *options: str) -> str:
     proc = subprocess.run(["sbatch", "--parsable", f"--output={out}", *options,
                            str(REPO / "slurm" / template)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    job = proc.stdout.strip().split(";")[0]
+    return proc.stdout.strip().split(";")[0]
+
+
+def _show(env: dict, job: str) -> str:
+    return subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True,
+                          text=True, timeout=30).stdout
+
+
+def wait_job(env: dict, job: str, timeout: float) -> int:
+    """Poll until the job reaches a final state; its exit code."""
     deadline = time.monotonic() + timeout
     while True:
         info = subprocess.run(["scontrol", "-o", "show", "job", job], env=env,
                               capture_output=True, text=True, timeout=30).stdout
         state = re.search(r"JobState=(\S+)", info)
         if state and state.group(1) in FINAL:
-            break
+            return int(re.search(r"ExitCode=(\d+):", info).group(1))
         if time.monotonic() > deadline:
             subprocess.run(["scancel", job], env=env, timeout=30)
             raise AssertionError(f"job {job} still {state and state.group(1)} after {timeout}s")
         time.sleep(0.2)
-    code = int(re.search(r"ExitCode=(\d+):", info).group(1))
-    return code, out.read_text() if out.exists() else ""
 
 
-def test_train_template_runs_torchrun_under_srun(slurm, tmp_path):
-    code, text = sbatch(slurm, "train.sbatch", tmp_path / "train.out", "--nodes=1",
-                        NPROC_PER_NODE="2", COMM="powersgd",
-                        TRAIN_ARGS="--epochs 2 --steps-per-epoch 5 --width 64")
+def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    """What SLURM does 120 s before the limit (USR1 to the batch shell), sent by hand: the
+    ranks stop at the same step and save, the job requeues itself, and its second start
+    resumes from that step and finishes."""
+    env = job_env(slurm, NPROC_PER_NODE="2", COMM="powersgd",
+                  CHECKPOINT_DIR=str(tmp_path / "ckpt"),
+                  TRAIN_ARGS="--epochs 40 --steps-per-epoch 10 --width 256 --stop-check-steps 5")
+    out = tmp_path / "requeue.out"
+    job = submit(env, "train.sbatch", out, "--nodes=1")
+    deadline = time.monotonic() + 120
+    while "[powersgd] epoch 1/" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, out.read_text() if out.exists() else "no output"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True,
+                   timeout=30)
+    # SLURM holds a requeued job back (BeginTime) for a while; start it now.
+    deadline = time.monotonic() + 120
+    while "Restarts=1" not in _show(env, job) or "JobState=PENDING" not in _show(env, job):
+        assert time.monotonic() < deadline, _show(env, job)
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env,
+                   check=True, timeout=30)
+    code = wait_job(env, job, timeout=240)
+    text = out.read_text()
     assert code == 0, text
-    assert "rendezvous localhost:" in text or "rendezvous " in text
-    lines = [line for line in text.splitlines() if line.startswith("[powersgd] epoch")]
-    assert len(lines) == 2 and "bytes/step" in lines[-1], text
+    assert "USR1 (time limit or preemption): checkpointing, then requeueing" in text
+    stopped = int(text.split("SIGTERM: stopped at step ")[1].split()[0])
+    assert stopped % 5 == 0 and f"resumed at step {stopped}" in text, text
+    assert "(start 2," in text and "[powersgd] epoch 40/40" in text
+    assert "rendezvous localhost:" in text and "bytes/step" in text
 
 
 def test_train_template_fails_cleanly_on_a_bad_option(slurm, tmp_path):
