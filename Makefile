@@ -40,10 +40,16 @@ mpi: venv sysdeps
 
 # DeepSpeed (the deepspeed extra) without prebuilt ops: the one it needs on CPU JIT-compiles on
 # first use into .torch_extensions/. Where it cannot install, its tests skip and say so.
+# The op's ~45 s compile starts in the background here, while the rest sets up and the first
+# tests run; DeepSpeed's own file lock makes a test that needs it first wait for it.
 deepspeed: venv
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('deepspeed') is None)" || \
 	  DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt --no-build-isolation 'deepspeed>=0.14' || \
 	  echo "deepspeed did not install: the DeepSpeed tests will skip"
+	@if $(BIN)/python -c "import deepspeed" 2>/dev/null; then \
+	  (TORCH_EXTENSIONS_DIR=$(CURDIR)/.torch_extensions PATH=$(CURDIR)/$(BIN):$$PATH \
+	   $(BIN)/python -c "from deepspeed.ops.op_builder import ShareMemCommBuilder as B; B().load()" \
+	   > .torch_extensions.log 2>&1 &); fi
 
 # Horovod 0.28.1 (the horovod extra) built from its sdist with gloo and PyTorch. As shipped it
 # does not build against torch >= 2.1: its CMake files ask for C++14 (torch's headers need
@@ -69,7 +75,7 @@ horovod-build:
 	  HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS= \
 	  $(BIN)/pip install -q -c constraints.txt --no-build-isolation ./$(HVD_SRC)
 
-test: lint sysdeps mpi deepspeed
+test: deepspeed lint sysdeps mpi
 	$(RUN) $(BIN)/python -m pytest -q
 
 # Horovod's tests are not in `make test` (CI): building Horovod takes ~4 minutes here.

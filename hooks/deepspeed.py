@@ -32,15 +32,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.distributed as dist
-
-from distcomp.comm import TorchComm, check_same
-from distcomp.ledger import ByteLedger
+from distcomp.comm import TorchComm
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, parse_options, settings_of
+from distcomp.reducer import parse_options
+from hooks.param_state import ParameterCompression
 
 
-class DeepSpeedCompression:
+class DeepSpeedCompression(ParameterCompression):
     """Compression state of one DeepSpeed engine (the ``state`` of :func:`deepspeed_hook`).
 
     Args:
@@ -51,47 +49,17 @@ class DeepSpeedCompression:
       lgreco: an :class:`~distcomp.lgreco.LGreCoConfig` or dict to plan per-layer settings
         adaptively; None keeps the uniform setting.
 
-    Fields:
-      config: the validated configuration.
-      reducer: residuals, warm-start Qs, L-GreCo plan and the byte ledger.
-      names: parameter names (in ``engine.module.named_parameters()`` order) that are averaged;
-        identical on every rank because the model is.
-      step: reductions done (one per optimizer step; micro-steps inside an accumulation window
-        do not count).
+    Fields: those of :class:`~hooks.param_state.ParameterCompression`; the comm is the
+    engine's data-parallel group. DeepSpeed's ``client_state`` is written by rank 0 only at
+    stage 0, so save ``state_dict()`` from every rank yourself.
     """
 
     def __init__(self, engine: Any, method: str = "powersgd", *,
                  lgreco: LGreCoConfig | dict | None = None, **options):
-        self.config, lgreco = parse_options(method, options, lgreco)
-        self.reducer = CompressedReducer(self.config, rank=dist.get_rank(), lgreco=lgreco)
+        config, lgreco = parse_options(method, options, lgreco)
         check_engine(engine)
-        self.group = engine.seq_data_parallel_group
-        self.comm = TorchComm(self.group, self.config.timeout_s)
-        named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
-        self.names = [n for n, _ in named]
-        check_same(self.comm, "DeepSpeedCompression", settings_of(self.config, lgreco, named))
-        self.step = 0
-
-    @property
-    def ledger(self) -> ByteLedger:
-        return self.reducer.ledger
-
-    def plan(self) -> list[dict]:
-        """Per-layer table of the latest L-GreCo plan (empty without L-GreCo)."""
-        return [] if self.reducer.lgreco is None else list(self.reducer.lgreco.rows)
-
-    def state_dict(self) -> dict:
-        """Per-rank state (error-feedback residuals differ per rank): save it from every rank,
-        e.g. with :func:`distcomp.checkpoint.save_rank`; DeepSpeed's ``client_state`` is
-        written by rank 0 only at stage 0."""
-        return {"step": self.step, "names": list(self.names),
-                "reducer": self.reducer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if list(state["names"]) != self.names:
-            raise ValueError("checkpoint was made for a model with other trainable parameters")
-        self.reducer.load_state_dict(state["reducer"])
-        self.step = int(state["step"])
+        comm = TorchComm(engine.seq_data_parallel_group, config.timeout_s)
+        super().__init__("DeepSpeedCompression", config, lgreco, engine.module, comm)
 
 
 def check_engine(engine: Any) -> None:
@@ -123,10 +91,8 @@ def check_engine(engine: Any) -> None:
 
 def deepspeed_hook(state: DeepSpeedCompression, engine: Any) -> None:
     """Average every trainable parameter's ``.grad`` over the data-parallel group, compressed,
-    in place (see :meth:`~distcomp.reducer.CompressedReducer.reduce_parameters`)."""
-    state.reducer.reduce_parameters(dict(engine.module.named_parameters()), state.names,
-                                    state.comm, state.step)
-    state.step += 1
+    in place."""
+    state.reduce(engine.module)
 
 
 def register_deepspeed_hook(engine: Any, state: DeepSpeedCompression,

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from distcomp.comm import CollectiveTimeout, check_same
-from distcomp.ledger import ByteLedger
+from distcomp.comm import CollectiveTimeout
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, parse_options, settings_of
+from distcomp.reducer import parse_options
+from hooks.param_state import ParameterCompression
 
 
 class _HorovodHandle:
@@ -76,7 +76,7 @@ class HorovodComm:
                               self.timeout_s, shape=(self.world_size, *t.shape))
 
 
-class HorovodCompression:
+class HorovodCompression(ParameterCompression):
     """Compression state of one model trained with Horovod (the ``state`` of
     :func:`horovod_hook`).
 
@@ -87,49 +87,24 @@ class HorovodCompression:
         settings; None keeps the uniform setting.
       hvd: the ``horovod.torch`` module (imported here when None); ``hvd.init()`` must have run.
 
-    Fields: config, reducer (residuals, Qs, plan, ledger), comm (:class:`HorovodComm`),
-    names (trainable parameter names, in ``named_parameters()`` order), step (reductions done).
+    Fields: those of :class:`~hooks.param_state.ParameterCompression` (comm: a
+    :class:`HorovodComm`), and ``model``.
     """
 
     def __init__(self, model: nn.Module, method: str = "powersgd", *,
                  lgreco: LGreCoConfig | dict | None = None, hvd: Any = None, **options):
+        config, lgreco = parse_options(method, options, lgreco)
         if hvd is None:
             import horovod.torch as hvd
-        self.config, lgreco = parse_options(method, options, lgreco)
-        self.reducer = CompressedReducer(self.config, rank=hvd.rank(), lgreco=lgreco)
         self.model = model
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.names = [n for n, _ in named]
-        self.comm = HorovodComm(hvd, self.config.timeout_s)
-        check_same(self.comm, "HorovodCompression", settings_of(self.config, lgreco, named))
-        self.step = 0
-
-    @property
-    def ledger(self) -> ByteLedger:
-        return self.reducer.ledger
-
-    def plan(self) -> list[dict]:
-        """Per-layer table of the latest L-GreCo plan (empty without L-GreCo)."""
-        return [] if self.reducer.lgreco is None else list(self.reducer.lgreco.rows)
-
-    def state_dict(self) -> dict:
-        """Per-rank state (residuals differ per rank): save it from every rank."""
-        return {"step": self.step, "names": list(self.names),
-                "reducer": self.reducer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if list(state["names"]) != self.names:
-            raise ValueError("checkpoint was made for a model with other trainable parameters")
-        self.reducer.load_state_dict(state["reducer"])
-        self.step = int(state["step"])
+        super().__init__("HorovodCompression", config, lgreco, model,
+                         HorovodComm(hvd, config.timeout_s))
 
 
 def horovod_hook(state: HorovodCompression) -> None:
     """Average every trainable parameter's ``.grad`` over all Horovod ranks, compressed, in
-    place (see :meth:`~distcomp.reducer.CompressedReducer.reduce_parameters`)."""
-    state.reducer.reduce_parameters(dict(state.model.named_parameters()), state.names,
-                                    state.comm, state.step)
-    state.step += 1
+    place."""
+    state.reduce(state.model)
 
 
 class DistributedOptimizer:

@@ -72,17 +72,24 @@ class Options:
     stop_check_steps: int = 10  # how often ranks agree on whether a SIGTERM arrived
 
 
-def parse_args(argv=None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(Options):
-        flag = "--" + f.name.replace("_", "-")
+def parse_into(cls, argv, description: str, comms) -> tuple:
+    """Parse ``--field-name`` flags of the dataclass ``cls`` (bools are switches) and check
+    ``--comm``; (options, parser) for further checks. Shared by the launch scripts."""
+    parser = argparse.ArgumentParser(description=description)
+    for f in fields(cls):
+        flags = {"--" + f.name.replace("_", "-"), "--" + f.name}  # --local_rank (deepspeed)
         if f.type == "bool":
-            parser.add_argument(flag, action="store_true")
+            parser.add_argument(*sorted(flags), action="store_true")
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
-    opts = Options(**vars(parser.parse_args(argv)))
-    if opts.comm not in COMMS:
-        parser.error(f"--comm must be one of {', '.join(COMMS)}, got {opts.comm!r}")
+            parser.add_argument(*sorted(flags), type=type(f.default), default=f.default)
+    opts = cls(**vars(parser.parse_args(argv)))
+    if opts.comm not in comms:
+        parser.error(f"--comm must be one of {', '.join(comms)}, got {opts.comm!r}")
+    return opts, parser
+
+
+def parse_args(argv=None) -> Options:
+    opts, parser = parse_into(Options, argv, __doc__.splitlines()[0], COMMS)
     if opts.workload not in ("teacher", "lm", "cnn"):
         parser.error(f"--workload must be teacher, lm or cnn, got {opts.workload!r}")
     if opts.resume and not opts.checkpoint_dir:
@@ -90,6 +97,20 @@ def parse_args(argv=None) -> Options:
     if opts.stop_check_steps < 1:
         parser.error(f"--stop-check-steps must be >= 1, got {opts.stop_check_steps}")
     return opts
+
+
+def run_guarded(script: str, rank: int, fn) -> int:
+    """``fn()``'s exit code; a lost peer, a timeout or a bad setting or checkpoint becomes one
+    line on stderr naming the rank, and exit code 1. The process group is always torn down."""
+    try:
+        return fn()
+    except (RuntimeError, ValueError) as err:
+        print(f"{script}: rank {rank}: {type(err).__name__}: {err}", file=sys.stderr,
+              flush=True)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 EXIT_PREEMPTED = 128 + signal.SIGTERM
@@ -201,17 +222,8 @@ def make_task(opts: Options, rank: int):
 def main(argv=None) -> int:
     opts = parse_args(argv)
     rank, world = init_distributed(opts.timeout_s)
-    try:
-        if not train(opts, rank, world):
-            return EXIT_PREEMPTED
-    except (RuntimeError, ValueError) as err:  # a lost peer, a timeout, a bad checkpoint
-        print(f"train.py: rank {rank}: {type(err).__name__}: {err}", file=sys.stderr,
-              flush=True)
-        return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_guarded("train.py", rank,
+                       lambda: 0 if train(opts, rank, world) else EXIT_PREEMPTED)
 
 
 def train(opts: Options, rank: int, world: int) -> bool:

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train import init_distributed, make_task  # noqa: E402
+from train import init_distributed, make_task, parse_into, run_guarded  # noqa: E402
 
 COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd")
 
@@ -54,15 +54,7 @@ class Options:
 
 
 def parse_args(argv=None) -> Options:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(Options):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),
-                            default=f.default)
-    opts = Options(**vars(parser.parse_args(argv)))
-    if opts.comm not in COMMS:
-        parser.error(f"--comm must be one of {', '.join(COMMS)}, got {opts.comm!r}")
+    opts, parser = parse_into(Options, argv, __doc__.splitlines()[0], COMMS)
     if opts.zero_stage not in (0, 1, 2, 3):
         parser.error(f"--zero-stage must be 0..3, got {opts.zero_stage}")
     if opts.grad_accum < 1:
@@ -76,16 +68,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                           str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
     rank, world = init_distributed(opts.timeout_s)
-    try:
-        train(opts, rank, world)
-    except (RuntimeError, ValueError) as err:
-        print(f"train_deepspeed.py: rank {rank}: {type(err).__name__}: {err}", file=sys.stderr,
-              flush=True)
-        return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_guarded("train_deepspeed.py", rank, lambda: train(opts, rank, world) or 0)
 
 
 def train(opts: Options, rank: int, world: int) -> None:

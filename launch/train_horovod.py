@@ -12,11 +12,10 @@ all-reduce carries), for distcomp's the ledger's. Horovod: see ``make horovod``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train import TeacherTask  # noqa: E402
+from train import TeacherTask, parse_into  # noqa: E402
 
 COMMS = ("none", "fp16", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk",
          "lgreco-qsgd")
@@ -47,14 +46,7 @@ class Options:
 
 
 def parse_args(argv=None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(Options):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),
-                            default=f.default)
-    opts = Options(**vars(parser.parse_args(argv)))
-    if opts.comm not in COMMS:
-        parser.error(f"--comm must be one of {', '.join(COMMS)}, got {opts.comm!r}")
-    return opts
+    return parse_into(Options, argv, __doc__.splitlines()[0], COMMS)[0]
 
 
 def main(argv=None) -> int:

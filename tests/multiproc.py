@@ -99,3 +99,43 @@ def outcome(fn) -> dict:
     except Exception as err:  # noqa: BLE001 - the test inspects it
         return {"error": f"{type(err).__name__}: {err}", "seconds": time.monotonic() - start}
     return {"error": None, "seconds": time.monotonic() - start}
+
+
+def spawn_script_ranks(script: str, args: list[str], env: dict, world: int = 2) -> list:
+    """Start ``python script args`` once per rank with torchrun's variables set by hand (so a
+    test can signal one rank); stdout and stderr are pipes."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    return [subprocess.Popen(
+        [sys.executable, script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**env, "RANK": str(rank), "WORLD_SIZE": str(world),
+                        "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}) for rank in range(world)]
+
+
+def survivor_reports_lost_peer(script: str, args: list[str], env: dict, prefix: str,
+                               timeout_s: float) -> None:
+    """Run two ranks until rank 0 prints its first epoch line, SIGKILL rank 1: rank 0 must exit
+    non-zero with ``prefix`` (e.g. ``train.py: rank 0:``) on stderr within the collective
+    timeout + 10 s, and no process may be left behind."""
+    import signal
+
+    procs = spawn_script_ranks(script, [*args, "--timeout-s", str(timeout_s)], env)
+    try:
+        line = procs[0].stdout.readline()
+        while line and "epoch 1/" not in line:
+            line = procs[0].stdout.readline()
+        assert "epoch 1/" in line, procs[0].stderr.read()[-2000:]
+        procs[1].send_signal(signal.SIGKILL)
+        start = time.monotonic()
+        code = procs[0].wait(timeout=timeout_s + 10)
+        err = procs[0].stderr.read()
+        assert code != 0 and prefix in err, err[-1500:]
+        assert time.monotonic() - start < timeout_s + 10
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()

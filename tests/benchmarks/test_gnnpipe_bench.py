@@ -11,7 +11,7 @@ def test_gnnpipe_records_every_mode(tmp_path):
     from benchmarks import gnnpipe
 
     out = tmp_path / "g.json"
-    assert gnnpipe.main(["--layers", "4", "--epochs", "3", "--nodes", "800", "--chunks", "2",
+    assert gnnpipe.main(["--layers", "4", "--epochs", "3", "--nodes", "400", "--chunks", "2",
                          "--bandwidth", "none", "--json", str(out)]) == 0
     payload = json.loads(out.read_text())
     results = {r["mode"]: r for r in payload["results"]}
@@ -26,7 +26,7 @@ def test_gnnpipe_records_every_mode(tmp_path):
     assert results["graph_parallel"]["losses"] == pytest.approx(results["single"]["losses"],
                                                                 abs=1e-4)
     # the pipeline sends every vertex's hidden row and gradient once per epoch (+ the loss)
-    assert results["pipeline"]["bytes_by_key_per_epoch"]["activations"] == 800 * 64 * 4
+    assert results["pipeline"]["bytes_by_key_per_epoch"]["activations"] == 400 * 64 * 4
     figures = payload["figures"]
     assert figures["layers"] == 4
     assert figures["graph_parallel_over_pipeline_bytes"] == pytest.approx(

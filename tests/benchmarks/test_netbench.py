@@ -98,14 +98,14 @@ def test_counters_move_by_what_crosses_the_link():
 def test_tiny_run_writes_valid_json(tmp_path):
     out = tmp_path / "nb.json"
     rc = netbench.main([
-        "--workloads", "cnn", "--arms", "local,allreduce,powersgd,topk", "--steps", "3",
+        "--workloads", "cnn", "--arms", "local,allreduce,powersgd", "--steps", "3",
         "--warmup-steps", "1", "--json", str(out), "--data", str(REPO / "bench-results" / "data"),
     ])
     assert rc == 0
     payload = json.loads(out.read_text())
     assert payload["config"]["steps"] == {"cnn": 3}
     recs = {r["arm"]: r for r in payload["results"]}
-    assert set(recs) == {"local", "allreduce", "powersgd", "topk"}
+    assert set(recs) == {"local", "allreduce", "powersgd"}
     for arm, r in recs.items():
         assert r["status"] == "ok", r
         for key in ("wire_bytes_per_step", "ledger_bytes_per_step", "step_time_s", "final_loss"):
@@ -176,7 +176,7 @@ def test_lgreco_arm_records_error_ratio_and_plans(tmp_path):
 def test_co2_arms_record_mean_step_time_clock_and_overlap(tmp_path):
     out = tmp_path / "nb.json"
     assert netbench.main([
-        "--workloads", "cnn", "--arms", "local,diloco,co2,co2_bf16", "--steps", "9",
+        "--workloads", "cnn", "--arms", "local,co2,co2_bf16", "--steps", "9",
         "--warmup-steps",
         "1", "--tau", "2", "--json", str(out), "--data", str(REPO / "bench-results" / "data"),
     ]) == 0
@@ -184,7 +184,7 @@ def test_co2_arms_record_mean_step_time_clock_and_overlap(tmp_path):
     recs = {r["arm"]: r for r in payload["results"]}
     assert all(r["status"] == "ok" for r in recs.values()), recs
     dense = recs["co2"]["dense_bytes"]
-    for arm, width in (("co2", 4), ("diloco", 4), ("co2_bf16", 2)):
+    for arm, width in (("co2", 4), ("co2_bf16", 2)):  # diloco: tests/distcomp/test_co2.py
         # rounds end at steps 1, 3, 5, 7: all four inside the 8 timed steps, one copy each
         assert recs[arm]["ledger_bytes_per_step"] == pytest.approx(width * dense / 8, rel=0.01)
         assert recs[arm]["mean_step_time_s"] > 0 and recs[arm]["wall_step_time_s"] > 0

@@ -7,16 +7,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.multiproc import free_port, run_ranks
+from tests.multiproc import run_ranks, survivor_reports_lost_peer
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
@@ -215,28 +213,6 @@ def test_script_matches_ddp_and_sends_fewer_bytes_than_deepspeed(comm, deepspeed
 
 
 def test_a_killed_rank_ends_the_survivor_with_a_clear_error():
-    timeout_s, port = 15, free_port()
-    procs = []
-    for rank in range(2):
-        env = {**ENV, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen(
-            [sys.executable, SCRIPT, "--comm", "powersgd", "--epochs", "100000",
-             "--steps-per-epoch", "2", "--width", "32", "--timeout-s", str(timeout_s)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    try:
-        line = procs[0].stdout.readline()
-        while line and "epoch 1/" not in line:
-            line = procs[0].stdout.readline()
-        assert "epoch 1/" in line, procs[0].stderr.read()[-2000:]
-        procs[1].send_signal(signal.SIGKILL)
-        start = time.monotonic()
-        code = procs[0].wait(timeout=timeout_s + 10)
-        err = procs[0].stderr.read()
-        assert code != 0 and "train_deepspeed.py: rank 0:" in err, err[-1500:]
-        assert time.monotonic() - start < timeout_s + 10
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+    survivor_reports_lost_peer(SCRIPT, ["--comm", "powersgd", "--epochs", "100000",
+                                        "--steps-per-epoch", "2", "--width", "32"], ENV,
+                               "train_deepspeed.py: rank 0:", timeout_s=15)

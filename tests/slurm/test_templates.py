@@ -54,6 +54,11 @@ def _show(env: dict, job: str) -> str:
                           text=True, timeout=30).stdout
 
 
+def _node_state(env: dict) -> str:
+    return subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True,
+                          text=True, timeout=30).stdout.strip()
+
+
 def wait_job(env: dict, job: str, timeout: float) -> int:
     """Poll until the job reaches a final state; its exit code."""
     deadline = time.monotonic() + timeout
@@ -84,16 +89,19 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True,
                    timeout=30)
-    # SLURM holds a requeued job back (BeginTime) for a while; start it now.
+    # SLURM holds a requeued job back (BeginTime, 2 minutes here): once the first start is
+    # gone from the node (same job ID: a start while it is still cleaning up fails), start it.
     deadline = time.monotonic() + 120
-    while "Restarts=1" not in _show(env, job) or "JobState=PENDING" not in _show(env, job):
+    while ("Restarts=1" not in _show(env, job) or "JobState=PENDING" not in _show(env, job)
+           or _node_state(env) != "idle"):
         assert time.monotonic() < deadline, _show(env, job)
         time.sleep(0.2)
+    time.sleep(1)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env,
                    check=True, timeout=30)
     code = wait_job(env, job, timeout=240)
     text = out.read_text()
-    assert code == 0, text
+    assert code == 0, text + _show(env, job)
     assert "USR1 (time limit or preemption): checkpointing, then requeueing" in text
     stopped = int(text.split("SIGTERM: stopped at step ")[1].split()[0])
     assert stopped % 5 == 0 and f"resumed at step {stopped}" in text, text
