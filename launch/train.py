@@ -99,6 +99,15 @@ def parse_args(argv=None) -> Options:
     return opts
 
 
+def print_epoch(tag: str, epoch: int, epochs: int, loss: float, sent: float, dense: int,
+                step_time: float, extra: str = "") -> None:
+    """The per-epoch line every launch script prints (tests and benchmarks parse it): mean
+    loss, payload bytes per step, dense/sent ratio, mean step time."""
+    print(f"[{tag}] epoch {epoch + 1}/{epochs} loss {loss:.4f} bytes/step {sent:,.0f} "
+          f"(dense/sent {dense / max(sent, 1):.1f}x) step {step_time * 1e3:.1f} ms{extra}",
+          flush=True)
+
+
 def run_guarded(script: str, rank: int, fn) -> int:
     """``fn()``'s exit code; a lost peer, a timeout or a bad setting or checkpoint becomes one
     line on stderr naming the rank, and exit code 1. The process group is always torn down."""
@@ -295,9 +304,8 @@ def train(opts: Options, rank: int, world: int) -> bool:
         if ledger is not None and ledger.per_step:
             sent = ledger.mean_bytes_per_step(last=count)
         if rank == 0:
-            print(f"[{opts.comm}] epoch {epoch + 1}/{opts.epochs} loss "
-                  f"{mean.item() / world:.4f} bytes/step {sent:,.0f} (dense/sent "
-                  f"{dense_bytes / max(sent, 1):.1f}x) step {step_time * 1e3:.1f} ms", flush=True)
+            print_epoch(opts.comm, epoch, opts.epochs, mean.item() / world, sent, dense_bytes,
+                        step_time)
         if opts.checkpoint_dir:
             save()
     if isinstance(opt, CO2):

@@ -26,7 +26,13 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train import init_distributed, make_task, parse_into, run_guarded  # noqa: E402
+from train import (  # noqa: E402
+    init_distributed,
+    make_task,
+    parse_into,
+    print_epoch,
+    run_guarded,
+)
 
 COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd")
 
@@ -123,10 +129,8 @@ def train(opts: Options, rank: int, world: int) -> None:
         if state is not None and state.ledger.per_step:
             sent = state.ledger.mean_bytes_per_step(last=opts.steps_per_epoch)
         if rank == 0:
-            print(f"[deepspeed zero{opts.zero_stage} {opts.comm}] epoch {epoch + 1}/"
-                  f"{opts.epochs} loss {mean.item() / world:.4f} bytes/step {sent:,.0f} "
-                  f"(dense/sent {dense_bytes / max(sent, 1):.1f}x) step "
-                  f"{step_time * 1e3:.1f} ms", flush=True)
+            print_epoch(f"deepspeed zero{opts.zero_stage} {opts.comm}", epoch, opts.epochs,
+                        mean.item() / world, sent, dense_bytes, step_time)
     if rank == 0 and opts.log_json:
         result = {"losses": log, "steps": step, "dense_bytes": dense_bytes}
         if state is not None:

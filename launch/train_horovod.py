@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train import TeacherTask, parse_into  # noqa: E402
+from train import TeacherTask, parse_into, print_epoch  # noqa: E402
 
 COMMS = ("none", "fp16", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk",
          "lgreco-qsgd")
@@ -106,10 +106,8 @@ def train(opts: Options, hvd) -> None:
         if state is not None:
             sent = state.ledger.mean_bytes_per_step(last=opts.steps_per_epoch)
         if rank == 0:
-            print(f"[horovod {opts.comm}] epoch {epoch + 1}/{opts.epochs} loss "
-                  f"{mean.item():.4f} bytes/step {sent:,.0f} (dense/sent "
-                  f"{dense_bytes / max(sent, 1):.1f}x) step {step_time * 1e3:.1f} ms "
-                  f"({world} ranks)", flush=True)
+            print_epoch(f"horovod {opts.comm}", epoch, opts.epochs, mean.item(), sent,
+                        dense_bytes, step_time, extra=f" ({world} ranks)")
     if rank == 0 and opts.log_json:
         Path(opts.log_json).write_text(json.dumps(
             {"losses": log, "steps": step, "dense_bytes": dense_bytes, "bytes_per_step": sent}))
