@@ -83,6 +83,7 @@ class TwoHosts:
 
     bandwidth: tc rate such as "100mbit", "1gbit"; None for an unshaped link.
     delay: optional netem delay such as "20ms" (or "20ms 10ms" for jitter).
+    loss: optional netem packet loss such as "1%" (each direction).
     burst: tbf bucket such as "1mbit"; None picks the smallest that works for the rate. A
       bucket smaller than one 64 KB GSO packet makes tbf segment every packet in software on
       the shared CPU: a 100 Mbit/s TCP flow then costs compute on the same cores 20-30% of
@@ -90,9 +91,9 @@ class TwoHosts:
     """
 
     def __init__(self, bandwidth: str | None = "100mbit", delay: str | None = None,
-                 burst: str | None = None):
+                 burst: str | None = None, loss: str | None = None):
         self.bandwidth = bandwidth
-        self.delay = delay
+        self.delay, self.loss = delay, loss
         self.burst = burst or (default_burst(bandwidth) if bandwidth else None)
         serial = next(_SERIAL)  # namespaces are deleted asynchronously: never reuse a name
         tag = f"{PREFIX}-{os.getpid()}-{serial}"
@@ -134,14 +135,16 @@ class TwoHosts:
     def _shape(self, ns: str, dev: str) -> None:
         tc = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev]
         parent = ["root"]
-        if self.delay:
+        netem = [*(["delay", *self.delay.split()] if self.delay else []),
+                 *(["loss", self.loss] if self.loss else [])]
+        if netem:
             try:
-                _run(*tc, "root", "handle", "1:", "netem", "delay", *self.delay.split())
+                _run(*tc, "root", "handle", "1:", "netem", *netem)
             except NetnsError as err:
                 if "unknown" in str(err):
                     raise NetnsError(
-                        "this kernel has no netem qdisc (sch_netem), so --delay cannot be "
-                        "emulated here; run without --delay"
+                        "this kernel has no netem qdisc (sch_netem), so delay and loss cannot "
+                        "be emulated here; run without --delay"
                     ) from err
                 raise
             parent = ["parent", "1:"]

@@ -151,7 +151,8 @@ def run(args) -> int:
         "parameters": params, "seed": args.seed, "features": _feature_source(args),
         "input": str(args.input), "input_fingerprint": fingerprint(args.input),
         "rows_in": len(ds), "rows_kept": int(len(keep)),
-        "counts_per_class": _counts(labels, keep) if labels is not None else None,
+        "counts_per_class": None if labels is None else _counts(
+            labels, keep, _class_names(ds, args.label_column)),
         "mpi_ranks": shards.size,
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -161,22 +162,43 @@ def run(args) -> int:
 
 
 def _labels(ds, name: str) -> np.ndarray:
+    """One integer class per row; string labels ("cat", "dog") become their index in
+    :func:`_class_names`."""
+    names = _class_names(ds, name)
+    if names is not None:
+        return np.searchsorted(names, column(ds, name, numeric=False))
     labels = column(ds, name)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise DataError(f"label column {name!r} must hold one integer per row")
+        raise DataError(f"label column {name!r} must hold one integer or string per row")
     if labels.min() < 0:
         raise DataError(f"label column {name!r} holds negative labels")
-    names = getattr(ds.features[name], "names", None)  # a ClassLabel declares its classes
-    if names:
-        empty = sorted(set(range(len(names))) - set(np.unique(labels).tolist()))
+    declared = getattr(ds.features[name], "names", None)  # a ClassLabel declares its classes
+    if declared:
+        empty = sorted(set(range(len(declared))) - set(np.unique(labels).tolist()))
         if empty:
-            raise DataError(f"classes {[names[c] for c in empty]} of {name!r} have no rows")
+            raise DataError(f"classes {[declared[c] for c in empty]} of {name!r} have no rows")
     return labels
 
 
-def _counts(labels: np.ndarray, keep: np.ndarray) -> dict:
+def _class_names(ds, name: str) -> list[str] | None:
+    """The sorted distinct values of a string label column (a class is its index here; the
+    manifest counts classes under these names); None for integer labels."""
+    if name not in ds.column_names:
+        raise DataError(f"no column {name!r}; columns are {ds.column_names}")
+    if getattr(ds.features[name], "dtype", None) not in ("string", "large_string"):
+        return None
+    values = column(ds, name, numeric=False)
+    if any(v is None or v == "" for v in values):
+        raise DataError(f"label column {name!r} has empty labels")
+    return sorted(set(values.tolist()))
+
+
+def _counts(labels: np.ndarray, keep: np.ndarray, names: list[str] | None = None) -> dict:
+    """Rows in and kept per class, keyed by the class index (or the label for string
+    labels)."""
     before, after = Counter(labels.tolist()), Counter(labels[keep].tolist())
-    return {str(c): {"in": before[c], "kept": after.get(c, 0)} for c in sorted(before)}
+    key = (lambda c: names[c]) if names is not None else str
+    return {key(c): {"in": before[c], "kept": after.get(c, 0)} for c in sorted(before)}
 
 
 def _feature_source(args) -> str:
@@ -244,8 +266,9 @@ def prune(ds, args, labels: np.ndarray) -> np.ndarray | None:
 def inspect(ds, args) -> int:
     info = {"rows": len(ds), "columns": {k: str(v) for k, v in ds.features.items()}}
     if args.label_column in ds.column_names:
-        info["counts_per_class"] = {str(k): v for k, v in sorted(
-            Counter(_labels(ds, args.label_column).tolist()).items())}
+        labels = _labels(ds, args.label_column)
+        info["counts_per_class"] = {k: v["in"] for k, v in _counts(
+            labels, np.arange(0), _class_names(ds, args.label_column)).items()}
     manifest = Path(args.input) / "manifest.json"
     if manifest.exists():
         info["manifest"] = json.loads(manifest.read_text())

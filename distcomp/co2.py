@@ -48,7 +48,7 @@ from distcomp.comm import CollectiveTimeout, TorchComm, check_same, model_finger
 from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, settings_of
+from distcomp.reducer import CompressedReducer, settings_of, trainable
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -171,7 +171,7 @@ class CO2:
         if compression is not None and self.config.wire_dtype != "float32":
             raise ValueError("wire_dtype applies to the uncompressed all-reduce; with a "
                              "compression config the compressor sets the wire format")
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = trainable(model, sparse_ok=True)
         if not named:
             raise ValueError("the model has no trainable parameters")
         ids = {id(p) for _, p in named}

@@ -25,6 +25,7 @@ import zlib
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 
 from distcomp.comm import Comm, model_fingerprint
 from distcomp.compressor import FP32_BYTES, GatherCompressor
@@ -51,6 +52,28 @@ def parse_options(method: str, options: dict, lgreco: LGreCoConfig | dict | None
     if lgreco is not None and not isinstance(lgreco, LGreCoConfig):
         raise ValueError(f"lgreco must be an LGreCoConfig, a dict or None, got {lgreco!r}")
     return config, lgreco
+
+
+def trainable(module: nn.Module, *, sparse_ok: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """``(name, parameter)`` of every parameter that needs a gradient, in
+    ``named_parameters()`` order; ValueError, naming the parameter, for what compressed averaging
+    cannot take: complex parameters (the compressors work on real matrices; keep such a weight
+    as ``torch.view_as_real``) and, unless ``sparse_ok``, sparse gradients (an
+    ``nn.Embedding``/``EmbeddingBag`` with ``sparse=True``: every method needs the dense
+    gradient)."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    for name, p in named:
+        if p.is_complex():
+            raise ValueError(f"parameter {name!r} is {p.dtype}: complex parameters are not "
+                             "supported; keep it as a real tensor (torch.view_as_real)")
+    if not sparse_ok:
+        for prefix, m in module.named_modules():
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and \
+                    m.weight.requires_grad:
+                raise ValueError(f"parameter {prefix + '.weight'!r} gets sparse gradients "
+                                 f"({type(m).__name__}(sparse=True)); compressed averaging "
+                                 "needs dense ones: build it with sparse=False")
+    return named
 
 
 def settings_of(config: CompressionConfig, lgreco: LGreCoConfig | None,

@@ -25,7 +25,7 @@ from torch import nn
 from distcomp.comm import TorchComm, check_same
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, parse_options, settings_of
+from distcomp.reducer import CompressedReducer, parse_options, settings_of, trainable
 
 
 class CompressionState:
@@ -62,16 +62,16 @@ class CompressionState:
         **options,
     ):
         self.config, lgreco = parse_options(method, options, lgreco)
-        self.reducer = CompressedReducer(self.config, rank=dist.get_rank(), lgreco=lgreco)
         module = model.module if hasattr(model, "module") else model
+        named = trainable(module)
+        self.reducer = CompressedReducer(self.config, rank=dist.get_rank(), lgreco=lgreco)
         self._names = {id(p): name for name, p in module.named_parameters()}
         if process_group is None:
             process_group = dist.new_group(backend=dist.get_backend())
         self.process_group = process_group
         self.step = 0
         self._start_worker()
-        check_same(self._comm, "CompressionState", settings_of(
-            self.config, lgreco, [(n, p) for n, p in module.named_parameters() if p.requires_grad]))
+        check_same(self._comm, "CompressionState", settings_of(self.config, lgreco, named))
 
     def _start_worker(self) -> None:
         self._comm = TorchComm(self.process_group, self.config.timeout_s)

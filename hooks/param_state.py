@@ -9,7 +9,7 @@ from distcomp.comm import Comm, check_same
 from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, settings_of
+from distcomp.reducer import CompressedReducer, settings_of, trainable
 
 
 class ParameterCompression:
@@ -29,7 +29,7 @@ class ParameterCompression:
         self.config = config
         self.comm = comm
         self.reducer = CompressedReducer(config, rank=comm.rank, lgreco=lgreco)
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        named = trainable(module)
         self.names = [n for n, _ in named]
         check_same(comm, what, settings_of(config, lgreco, named))
         self.step = 0

@@ -42,8 +42,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
 
 from distcomp.checkpoint import latest, load_rank, save_rank  # noqa: E402
-from distcomp.co2 import CO2  # noqa: E402
+from distcomp.co2 import CO2, CO2Config  # noqa: E402
 from distcomp.comm import wait_work  # noqa: E402
+from distcomp.config import METHODS, CompressionConfig  # noqa: E402
 from hooks import CompressionState, LGreCoState, compression_hook, local_hook  # noqa: E402
 
 COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd",
@@ -85,6 +86,16 @@ def parse_into(cls, argv, description: str, comms) -> tuple:
     opts = cls(**vars(parser.parse_args(argv)))
     if opts.comm not in comms:
         parser.error(f"--comm must be one of {', '.join(comms)}, got {opts.comm!r}")
+    try:  # the settings --comm will use, checked before the process group forms
+        method = opts.comm.removeprefix("lgreco-")
+        if method in METHODS:
+            CompressionConfig(method=method, rank=opts.rank, density=opts.density,
+                              bits=opts.bits, timeout_s=opts.timeout_s)
+        elif opts.comm == "co2":
+            CO2Config(tau=opts.tau, timeout_s=opts.timeout_s)
+        CompressionConfig(timeout_s=opts.timeout_s)
+    except ValueError as err:
+        parser.error(f"{err}")
     return opts, parser
 
 

@@ -77,10 +77,10 @@ def test_script_matches_ddp_and_sends_fewer_bytes_than_horovod(comm, horovod_bas
 
 
 def test_bad_setting_is_a_clear_error_before_any_collective():
-    """Validated when the state is built; horovodrun then ends the job (it stops the other
-    workers on the first failure, so only the first may get to print)."""
+    """Refused while the flags are parsed, before hvd.init(); horovodrun then ends the job (it
+    stops the other workers on the first failure, so only the first may get to print)."""
     proc = horovodrun("--comm", "powersgd", "--rank", "0", "--epochs", "1")
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
-    assert "ValueError: PowerSGD rank must be an integer >= 1, got 0" in text, text[-2000:]
+    assert "error: PowerSGD rank must be an integer >= 1, got 0" in text, text[-2000:]
     assert "epoch 1/1" not in text
