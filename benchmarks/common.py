@@ -20,6 +20,7 @@ def environment() -> dict:
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "kernel": platform.release(),
     }
 
 

@@ -90,7 +90,7 @@ def iface_counters(iface: str | None) -> tuple[int, int]:
     return int((base / "tx_bytes").read_text()), int((base / "rx_bytes").read_text())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
     p.add_argument("--arm", required=True, choices=ARMS)
@@ -107,7 +107,7 @@ def main() -> None:
     p.add_argument("--lgreco-period", type=int, default=20)
     p.add_argument("--lgreco-window", type=int, default=2)
     p.add_argument("--tau", type=int, default=4, help="local steps per CO2 / DiLoCo round")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))

@@ -3,13 +3,14 @@
     python -m benchmarks.soak --json benchmarks/results/soak.json           # 100 runs per arm
     python -m benchmarks.soak --quick --json benchmarks/results/soak.json   # 10 runs per arm
 
-Every run starts two fresh processes (``OMP_NUM_THREADS=1``, gloo, ``env://`` rendezvous on a
-free port) running one arm: the gradient arms of ``benchmarks.netbench_worker`` on its CNN
-workload (DDP's all-reduce, distcomp's PowerSGD / top-k / QSGD hooks, the L-GreCo arms, CO2, and
-torch's own ``powerSGD_hook`` and ``fp16_compress_hook`` as reference arms) and the GNN
-pipeline of ``benchmarks.gnnpipe_worker``. Each run has a wall-clock limit; a run past it is
-killed (whole process group) and counted as a hang, a non-zero exit as a crash. The run's seed
-is its index, so the final losses spread like seed-to-seed noise.
+Every run starts two new processes (``OMP_NUM_THREADS=1``, gloo, ``env://`` rendezvous on a
+free port; forked from a server that imported torch once) running one arm: the gradient arms
+of ``benchmarks.netbench_worker`` on its CNN workload (DDP's all-reduce, distcomp's PowerSGD /
+top-k / QSGD hooks, the L-GreCo arms, CO2, and torch's own ``powerSGD_hook`` and
+``fp16_compress_hook`` as reference arms) and the GNN pipeline of
+``benchmarks.gnnpipe_worker``. Each run has a wall-clock limit; a run past it is killed (whole
+process group) and counted as a hang, a non-zero exit as a crash. The run's seed is its index,
+so the final losses spread like seed-to-seed noise.
 
 The lossy pass repeats it over the two-host link of ``benchmarks.netns`` with ``tc netem``
 1% loss and 20 ms +- 10 ms delay (collective timeouts unchanged): runs must finish and end at
@@ -23,17 +24,21 @@ loss's mean and std over finished runs, and the first errors seen.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import importlib
 import json
+import multiprocessing as mp
 import os
+import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import environment, reap, replace_block, write_json
+from benchmarks.common import environment, replace_block, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_ARMS = ["torch_powersgd", "torch_fp16"]
@@ -50,9 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--networks", default="loopback,lossy")
     p.add_argument("--steps", type=int, default=16, help="training steps per run")
-    p.add_argument("--run-timeout", type=float, default=120.0,
+    p.add_argument("--run-timeout", type=float, default=60.0,
                    help="wall-clock seconds a run may take before it counts as a hang")
-    p.add_argument("--collective-timeout", type=float, default=60.0,
+    p.add_argument("--collective-timeout", type=float, default=30.0,
                    help="seconds any one collective may take inside a run")
     p.add_argument("--data", default=str(REPO / "bench-results" / "data"))
     p.add_argument("--readme", help="regenerate this README's soak table from --json")
@@ -66,18 +71,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def worker_argv(arm: str, seed: int, out: Path, args) -> list[str]:
+def worker_argv(arm: str, seed: int, out: Path, args) -> tuple[str, list[str]]:
+    """(worker module, its arguments) for one rank of one run."""
     timeout = str(args.collective_timeout)
     if arm == "gnnpipe":
-        return [sys.executable, "-m", "benchmarks.gnnpipe_worker", "--mode", "pipeline",
-                "--layers", "4", "--nodes", "2000", "--epochs", str(max(2, args.steps // 4)),
-                "--warmup-epochs", "1", "--chunks", "4", "--seed", str(seed),
-                "--timeout", timeout, "--out", str(out)]
-    return [sys.executable, "-m", "benchmarks.netbench_worker", "--workload", "cnn",
-            "--arm", arm, "--data", args.data, "--out", str(out), "--steps", str(args.steps),
-            "--warmup-steps", "2", "--seed", str(seed), "--timeout", timeout,
-            "--lgreco-warmup", "4", "--lgreco-period", "6", "--lgreco-window", "2",
-            "--tau", "4"]
+        return "benchmarks.gnnpipe_worker", [
+            "--mode", "pipeline", "--layers", "4", "--nodes", "2000",
+            "--epochs", str(max(2, args.steps // 4)), "--warmup-epochs", "1", "--chunks", "4",
+            "--seed", str(seed), "--timeout", timeout, "--out", str(out)]
+    return "benchmarks.netbench_worker", [
+        "--workload", "cnn", "--arm", arm, "--data", args.data, "--out", str(out),
+        "--steps", str(args.steps), "--warmup-steps", "2", "--seed", str(seed),
+        "--timeout", timeout, "--lgreco-warmup", "4", "--lgreco-period", "6",
+        "--lgreco-window", "2", "--tau", "4"]
 
 
 def final_loss(arm: str, out: Path) -> float:
@@ -93,35 +99,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Ranks are forked from a server that has imported torch and the workers once, which saves
+# ~2.5 s of a run's ~6 s here; each rank is still a new process with its own process group,
+# sockets and threads. Not torch._dynamo (imported by the first optimizer built): forked after
+# it is imported, torch's fp16 DDP hook hung at teardown in 5 of 12 runs (0 of 12 without).
+CTX = mp.get_context("forkserver")
+CTX.set_forkserver_preload(["benchmarks.netbench_worker", "benchmarks.gnnpipe_worker",
+                            "hooks", "distcomp.co2"])
+
+
+def _rank(module: str, argv: list[str], env: dict, log: str, netns: str | None) -> None:
+    """One rank: own process group (killable whole), output to ``log``, inside ``netns``."""
+    os.setpgrp()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    if netns is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ns = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+        if libc.setns(ns, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {netns} failed")
+    os.environ.update(env)
+    code = importlib.import_module(module).main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
+CLONE_NEWNET = 0x40000000
+
+
 def one_run(arm: str, seed: int, root: Path, args, net=None) -> dict:
     """Start both ranks (inside ``net``'s namespaces when given), wait up to --run-timeout;
     {"status": "ok" | "hang" | "crash", "seconds", "loss" | "error"}."""
     out = Path(tempfile.mkdtemp(prefix=f"{arm}-{seed}-", dir=root))
-    argv = worker_argv(arm, seed, out, args)
+    module, argv = worker_argv(arm, seed, out, args)
     master = net.addr["a"] if net else "127.0.0.1"
     port = 29600 + seed % 300 if net else free_port()
-    procs, logs = {}, {}
+    procs = []
     start = time.monotonic()
     for rank in range(2):
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), RANK=str(rank),
-                   LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR=master, MASTER_PORT=str(port))
-        logs[rank] = open(out / f"rank{rank}.log", "w+")
-        kw = dict(env=env, cwd=REPO, stdout=logs[rank], stderr=subprocess.STDOUT)
-        if net is None:
-            procs[rank] = subprocess.Popen(argv, start_new_session=True, **kw)
-        else:
-            host = "ab"[rank]
-            kw["env"]["GLOO_SOCKET_IFNAME"] = net.iface[host]
-            procs[rank] = net.popen(host, argv, **kw)
-    while any(p.poll() is None for p in procs.values()) and \
-            time.monotonic() - start < args.run_timeout:
+        env = {"OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": "0",
+               "WORLD_SIZE": "2", "MASTER_ADDR": master, "MASTER_PORT": str(port)}
+        if net is not None:
+            env["GLOO_SOCKET_IFNAME"] = net.iface["ab"[rank]]
+        netns = net.ns["ab"[rank]] if net is not None else None
+        procs.append(CTX.Process(target=_rank, args=(module, argv, env,
+                                                      str(out / f"rank{rank}.log"), netns)))
+        procs[-1].start()
+    while any(p.is_alive() for p in procs) and time.monotonic() - start < args.run_timeout:
         time.sleep(0.05)
     seconds = time.monotonic() - start
-    hung = any(p.poll() is None for p in procs.values())
-    texts = reap(procs, logs)  # kills what is left, whole process groups
-    codes = [p.returncode for p in procs.values()]
+    hung = any(p.is_alive() for p in procs)
+    for p in procs:
+        if p.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        p.join()
+    codes = [p.exitcode for p in procs]
     if hung or any(codes):
-        tail = " | ".join(t.strip().splitlines()[-1][:200] for t in texts.values() if t.strip())
+        logs = [(out / f"rank{r}.log").read_text(errors="replace").strip() for r in range(2)]
+        tail = " | ".join(t.splitlines()[-1][:200] for t in logs if t)
         return {"status": "hang" if hung else "crash", "seconds": seconds,
                 "error": f"exit codes {codes}: {tail}"}
     return {"status": "ok", "seconds": seconds, "loss": final_loss(arm, out)}
@@ -140,16 +178,20 @@ def soak_arm(arm: str, network: str, args, root: Path, net=None) -> dict:
             "errors": [r["error"] for r in runs if "error" in r][:3]}
 
 
-def lossy_pass(arms: list[str], args, root: Path) -> list[dict]:
+def lossy_pass(arms: list[str], args, root: Path):
+    """The lossy-link records, one per arm as it finishes (skipped ones where the kernel
+    cannot emulate the link)."""
     from benchmarks.netns import NetnsError, TwoHosts
 
     try:
         with TwoHosts(bandwidth=None, **LOSSY) as net:
-            return [soak_arm(arm, "lossy", args, root, net) for arm in arms]
+            for arm in arms:
+                yield soak_arm(arm, "lossy", args, root, net)
     except NetnsError as err:
         why = str(err).split("; run without")[0]
-        return [{"arm": arm, "network": "lossy", "runs": 0, "ok": 0, "hangs": 0,
-                 "crashes": 0, "max_seconds": None, "skipped": why} for arm in arms]
+        for arm in arms:
+            yield {"arm": arm, "network": "lossy", "runs": 0, "ok": 0, "hangs": 0,
+                   "crashes": 0, "max_seconds": None, "skipped": why}
 
 
 def compare(records: list[dict]) -> None:
@@ -187,19 +229,26 @@ def main(argv=None) -> int:
 
     prepare(args.data)
     arms, networks = args.arms.split(","), args.networks.split(",")
-    records = []
+    records: list[dict] = []
+
+    def save(record: dict | None) -> None:  # after every arm: a cut-short soak keeps its runs
+        if record is not None:
+            records.append(record)
+            print(f"  {record['arm']:16s} {record['network']:8s} {record['ok']}/{record['runs']} "
+                  f"ok, {record['hangs']} hangs, {record['crashes']} crashes, slowest "
+                  f"{record['max_seconds']} s", flush=True)
+        compare(records)
+        write_json(args.json, {"benchmark": "soak", "environment": environment(),
+                               "config": vars(args), "results": records})
+
     with tempfile.TemporaryDirectory() as tmp:
         if "loopback" in networks:
             for arm in arms:
-                records.append(soak_arm(arm, "loopback", args, Path(tmp)))
-                r = records[-1]
-                print(f"  {arm:16s} loopback {r['ok']}/{r['runs']} ok, {r['hangs']} hangs, "
-                      f"{r['crashes']} crashes, slowest {r['max_seconds']} s", flush=True)
+                save(soak_arm(arm, "loopback", args, Path(tmp)))
         if "lossy" in networks:
-            records += lossy_pass(arms, args, Path(tmp))
-    compare(records)
-    write_json(args.json, {"benchmark": "soak", "environment": environment(),
-                           "config": vars(args), "results": records})
+            for record in lossy_pass(arms, args, Path(tmp)):
+                save(record)
+    save(None)
     ours = [r for r in records if r["arm"] not in TORCH_ARMS and "skipped" not in r]
     theirs = [r for r in records if r["arm"] in TORCH_ARMS and "skipped" not in r]
     print(f"soak: distcomp arms {sum(r['ok'] for r in ours)}/{sum(r['runs'] for r in ours)} "

@@ -21,6 +21,7 @@ class Handle(Protocol):
 class Comm(Protocol):
     rank: int
     world_size: int
+    device: torch.device  # where this backend's tensors live (NCCL: the current CUDA device)
 
     def all_reduce_sum(self, t: torch.Tensor) -> Handle:
         """Start an in-place sum of ``t`` over ranks; ``wait()`` returns ``t``."""
@@ -64,6 +65,8 @@ class TorchComm:
         self.timeout_s = timeout_s
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        self.device = torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend(group) == "nccl" else torch.device("cpu")
 
     def all_reduce_sum(self, t: torch.Tensor) -> Handle:
         work = dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
@@ -88,14 +91,16 @@ def check_same(comm: Comm, what: str, settings: dict) -> None:
     and each rank's value. Costs one all-gather of world x 32 bytes.
     """
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    digest = torch.tensor(list(hashlib.sha256(blob).digest()), dtype=torch.uint8)
+    dev = getattr(comm, "device", torch.device("cpu"))
+    digest = torch.tensor(list(hashlib.sha256(blob).digest()), dtype=torch.uint8, device=dev)
     digests = comm.all_gather(digest).wait()
     if bool((digests == digests[0]).all()):
         return
-    lengths = comm.all_gather(torch.tensor([len(blob)], dtype=torch.int64)).wait().reshape(-1)
-    padded = torch.zeros(int(lengths.max()), dtype=torch.uint8)
+    lengths = comm.all_gather(torch.tensor([len(blob)], dtype=torch.int64, device=dev))
+    lengths = lengths.wait().reshape(-1).cpu()
+    padded = torch.zeros(int(lengths.max()), dtype=torch.uint8, device=dev)
     padded[: len(blob)] = torch.tensor(list(blob), dtype=torch.uint8)
-    rows = comm.all_gather(padded).wait()
+    rows = comm.all_gather(padded).wait().cpu()
     per_rank = [json.loads(bytes(rows[r, : int(n)].tolist())) for r, n in enumerate(lengths)]
     keys = sorted({k for s in per_rank for k in s})
     differ = [k for k in keys if any(s.get(k) != per_rank[0].get(k) for s in per_rank)]

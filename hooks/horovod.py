@@ -59,6 +59,7 @@ class HorovodComm:
     def __init__(self, hvd: Any, timeout_s: float = 300.0):
         self.hvd, self.timeout_s = hvd, timeout_s
         self.rank, self.world_size = hvd.rank(), hvd.size()
+        self.device = torch.device("cpu")  # Horovod takes CPU tensors on every backend
         self._count = 0
 
     def _name(self, kind: str) -> str:

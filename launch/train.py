@@ -176,11 +176,33 @@ def init_distributed(timeout_s: float) -> tuple[int, int]:
         env.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR=addr,
                    MASTER_PORT=str(port))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        dist.init_process_group(backend, timeout=timeout, **_attempt_store(timeout))
+    else:
+        dist.init_process_group(backend, timeout=timeout)
     if backend == "nccl":
         torch.cuda.set_device(int(env.get("LOCAL_RANK", env.get("OMPI_COMM_WORLD_LOCAL_RANK",
                                                                  0))))
     return dist.get_rank(), dist.get_world_size()
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dict:
+    """Under torchrun, the process group's keys in a namespace of this restart attempt's own.
+
+    torchrun's agent keeps its store across ``--max-restarts`` restarts, and the default group
+    keys its rendezvous the same way in every attempt, so a restarted rank can read a killed
+    peer's address from the previous attempt and fail with "connection refused" (seen here
+    on gloo; pytorch/pytorch#167288 on NCCL). The attempt number comes from the store itself
+    (every worker of an attempt adds 1 once), the same on every node, which
+    TORCHELASTIC_RESTART_COUNT is not (pytorch/pytorch#108158)."""
+    env = os.environ
+    world = int(env["WORLD_SIZE"])
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    attempt = (store.add("distcomp/workers_started", 1) - 1) // world
+    return {"store": dist.PrefixStore(f"distcomp/attempt{attempt}", store),
+            "rank": int(env["RANK"]), "world_size": world}
 
 
 def _rendezvous_from_mpi(rank: int, world: int) -> tuple[str, int]:

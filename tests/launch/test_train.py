@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -53,21 +54,52 @@ def test_two_node_c10d_rendezvous():
     assert "[lgreco-powersgd] epoch 2/2" in outs[0][0] + outs[1][0]
 
 
-@pytest.mark.parametrize("comm", ["lgreco-topk"])  # co2: the SIGTERM test below
-def test_resume_takes_the_same_steps_as_an_uninterrupted_run(comm, tmp_path):
-    """Epoch 2 after a restart equals epoch 2 of one run (CPU, bit for bit): residuals, the
-    L-GreCo plan and its statistics are restored."""
-    extra = ["--comm", comm, "--tau", "3"]
-    whole = tmp_path / "whole.json"
-    assert torchrun(*extra, *SMALL, "--log-json", str(whole)).returncode == 0
-    ckpt, part = tmp_path / "ckpt", tmp_path / "part.json"
-    first = torchrun(*extra, *SMALL[:1], "1", *SMALL[2:], "--checkpoint-dir", str(ckpt))
-    assert first.returncode == 0, first.stderr[-2000:]
-    second = torchrun(*extra, *SMALL, "--checkpoint-dir", str(ckpt), "--resume", "--log-json",
-                      str(part))
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resumed at step 4" in second.stdout
-    assert json.loads(part.read_text()) == json.loads(whole.read_text())[4:]
+def _workers(agent: int) -> dict[int, int]:
+    """RANK -> pid of the worker processes torchrun's agent ``agent`` started."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        try:
+            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != agent:
+                continue
+            env = dict(kv.split("=", 1) for kv in (d / "environ").read_text().split("\0")
+                       if "=" in kv)
+        except (OSError, ValueError, IndexError):
+            continue
+        if "RANK" in env:
+            found[int(env["RANK"])] = int(d.name)
+    return found
+
+
+def test_torchrun_restarts_after_a_killed_rank_and_resume_continues_exactly(tmp_path):
+    """torchrun --max-restarts=1 with --resume: rank 1 is SIGKILLed after epoch 2; torchrun
+    restarts both workers, which resume from the newest complete checkpoint (an epoch's end)
+    and take the steps of one uninterrupted run (CPU, bit for bit: the L-GreCo compressor's
+    residuals and plan statistics are restored)."""
+    args = ["--comm", "lgreco-topk", "--epochs", "8", "--steps-per-epoch", "50", "--width",
+            "256"]
+    whole, ckpt, part = tmp_path / "whole.json", tmp_path / "ckpt", tmp_path / "part.json"
+    assert torchrun(*args, "--log-json", str(whole)).returncode == 0
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "--max_restarts=1", SCRIPT, *args, "--checkpoint-dir", str(ckpt), "--resume",
+         "--log-json", str(part)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=ENV)
+    try:
+        line = agent.stdout.readline()
+        while line and "epoch 2/8" not in line:
+            line = agent.stdout.readline()
+        os.kill(_workers(agent.pid)[1], signal.SIGKILL)
+        out, err = agent.communicate(timeout=180)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    assert agent.returncode == 0, err[-2000:]
+    resumed = re.search(r"resumed at step (\d+)", out)
+    assert resumed and "epoch 8/8" in out, out
+    step = int(resumed.group(1))
+    assert step >= 50 and step % 50 == 0  # epoch 1's or 2's (if its save was complete)
+    assert json.loads(part.read_text()) == json.loads(whole.read_text())[step:]
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs mpirun (Debian: openmpi-bin)")
