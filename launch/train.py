@@ -125,7 +125,9 @@ def run_guarded(script: str, rank: int, fn) -> int:
     try:
         return fn()
     except (RuntimeError, ValueError) as err:
-        print(f"{script}: rank {rank}: {type(err).__name__}: {err}", file=sys.stderr,
+        hint = "" if isinstance(err, ValueError) or "peer" in str(err) else \
+            " (a peer rank may have been lost or stopped responding)"
+        print(f"{script}: rank {rank}: {type(err).__name__}: {err}{hint}", file=sys.stderr,
               flush=True)
         return 1
     finally:

@@ -31,3 +31,45 @@ def test_gnnpipe_records_every_mode(tmp_path):
     assert figures["layers"] == 4
     assert figures["graph_parallel_over_pipeline_bytes"] == pytest.approx(
         results["graph_parallel"]["bytes_per_epoch"] / results["pipeline"]["bytes_per_epoch"])
+
+
+@pytest.mark.parametrize("epoch", [1, 3])
+def test_a_killed_stage_ends_the_other_with_a_clear_error(tmp_path, epoch):
+    """SIGKILL the second pipeline stage mid-training (after a random moment of epoch
+    ``epoch``): the first stage exits non-zero within its collective timeout + 10 s, saying a
+    peer was lost, and leaves no process behind."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.multiproc import free_port
+
+    port, timeout_s = free_port(), 15
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.gnnpipe_worker", "--mode", "pipeline", "--layers",
+         "4", "--nodes", "2000", "--epochs", "100000", "--timeout", str(timeout_s), "--out",
+         str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "WORLD_SIZE": "2",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(2)]
+    try:
+        beat = tmp_path / "pipeline-4-rank0.progress"
+        deadline = time.monotonic() + 120
+        while not (beat.exists() and beat.read_text() and int(beat.read_text()) >= epoch):
+            assert procs[0].poll() is None and time.monotonic() < deadline, \
+                procs[0].stderr.read()[-2000:]
+            time.sleep(0.02)
+        time.sleep(random.uniform(0, 0.3))  # somewhere in the epoch's chunks
+        procs[1].send_signal(signal.SIGKILL)
+        start = time.monotonic()
+        code = procs[0].wait(timeout=timeout_s + 10)
+        err = procs[0].stderr.read()
+        assert code != 0 and "peer" in err.splitlines()[-1], err[-1500:]
+        assert time.monotonic() - start < timeout_s + 10
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()

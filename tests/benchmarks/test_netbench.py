@@ -206,3 +206,19 @@ def test_link_cost_measures_compute_next_to_a_saturating_flow(tmp_path):
     assert not idle["flow"] and flow["flow"] and min(idle["iters"] + flow["iters"]) > 0
     assert 8 < rec["flow_MB_per_s"] < 13.5  # 100 Mbit/s is 12.5 MB/s
     assert mine() == []
+
+
+def test_soak_runs_its_ranks_inside_the_two_hosts(tmp_path):
+    """The soak's lossy pass starts each rank inside its host's namespace (setns in the forked
+    rank): a run over the veth link finishes with the loopback run's loss (same seed)."""
+    from benchmarks import soak
+
+    args = soak.parse_args(["--json", "unused", "--runs", "1", "--steps", "6"])
+    clean = soak.soak_arm("powersgd", "loopback", args, tmp_path)
+    with TwoHosts(bandwidth="100mbit") as net:
+        linked = soak.soak_arm("powersgd", "netns", args, tmp_path, net)
+        rx_bytes = net.counters("b")[1]
+    assert clean["ok"] == linked["ok"] == 1, (clean, linked)
+    assert linked["loss_mean"] == pytest.approx(clean["loss_mean"], rel=1e-6)
+    assert rx_bytes > 10_000  # the gradients travelled over the veth, not the loopback
+    assert mine() == []
