@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 APT_PKGS := $(if $(shell command -v ip),,iproute2) $(if $(shell command -v tc),,iproute2) \
             $(if $(shell command -v mpicc),,openmpi-bin libopenmpi-dev) \
             $(if $(shell command -v slurmctld),,slurm-wlm) $(if $(shell command -v munged),,munge) \
-            $(if $(shell command -v cmake),,cmake) $(if $(shell command -v g++),,g++)
+            $(if $(shell command -v cmake),,cmake) $(if $(shell command -v g++),,g++) \
+            $(if $(shell command -v iptables),,iptables)
 sysdeps:
 	@if [ -n "$(strip $(APT_PKGS))" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \

@@ -143,13 +143,17 @@ def _ok(case, rec: dict, results: dict) -> bool:
 
 
 def table(records: list[dict]) -> str:
-    """README block: per component, cases tried, handled as expected, and which ones work."""
-    lines = ["| component | cases | handled as expected | supported (work) |", "|---|---|---|---|"]
+    """README block: per component, cases tried, handled as expected, hung, partial output,
+    and which ones are supported (work)."""
+    lines = ["| component | cases | handled as expected | hung | left partial output | "
+             "supported (work) |", "|---|---|---|---|---|---|"]
     for comp in dict.fromkeys(r["component"] for r in records):
         rows = [r for r in records if r["component"] == comp]
         works = ", ".join(r["case"] for r in rows if r["expected"] == "works") or "-"
-        lines.append(f"| {comp} | {len(rows)} | {sum(r['ok'] for r in rows)} | {works} |")
-    return "\n".join(lines)
+        lines.append(f"| {comp} | {len(rows)} | {sum(r['ok'] for r in rows)} | "
+                     f"{sum(r['hung'] for r in rows)} | "
+                     f"{sum(r['partial_output'] for r in rows)} | {works} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

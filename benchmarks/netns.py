@@ -175,6 +175,16 @@ class TwoHosts:
         can be killed whole with ``os.killpg``)."""
         return subprocess.Popen(self.command(host, argv), start_new_session=True, **kwargs)
 
+    def drop(self, probability: float) -> None:
+        """Drop each packet either host receives with ``probability`` (iptables' statistic
+        match on INPUT, loopback included): packet loss on a kernel without sch_netem. On
+        INPUT the sender is not told (a drop on OUTPUT returns an error to it), so TCP
+        recovers as from loss on a wire."""
+        for host in ("a", "b"):
+            _run(*self.command(host, ["iptables", "-A", "INPUT", "-m", "statistic", "--mode",
+                                      "random", "--probability", str(probability), "-j",
+                                      "DROP"]))
+
     def counters(self, host: str) -> tuple[int, int]:
         """(tx_bytes, rx_bytes) of the host's veth, headers included."""
         out = _run("ip", "-n", self.ns[host], "-s", "-j", "link", "show", "dev", self.iface[host])

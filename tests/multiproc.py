@@ -117,26 +117,37 @@ def spawn_script_ranks(script: str, args: list[str], env: dict, world: int = 2) 
 
 def survivor_reports_lost_peer(script: str, args: list[str], env: dict, prefix: str,
                                timeout_s: float) -> None:
-    """Run two ranks until rank 0 prints its first epoch line, SIGKILL rank 1 a random moment
-    later: rank 0 must exit non-zero within the collective timeout + 10 s with a line
-    starting ``prefix`` (e.g. ``train.py: rank 0:``) that says a peer was lost, and no process
-    may be left behind."""
-    import random
-    import signal
-
+    """Run ``script`` on two ranks until rank 0 prints its first epoch line, then
+    :func:`kill_one_check_survivor`; the survivor's line starting ``prefix`` (e.g.
+    ``train.py: rank 0:``) must say a peer was lost."""
     procs = spawn_script_ranks(script, [*args, "--timeout-s", str(timeout_s)], env)
-    try:
+
+    def running() -> None:
         line = procs[0].stdout.readline()
         while line and "epoch 1/" not in line:
             line = procs[0].stdout.readline()
         assert "epoch 1/" in line, procs[0].stderr.read()[-2000:]
-        time.sleep(random.uniform(0, 0.2))
+
+    kill_one_check_survivor(procs, running, timeout_s, lambda err: next(
+        (ln for ln in err.splitlines() if ln.startswith(prefix)), ""))
+
+
+def kill_one_check_survivor(procs: list, running, timeout_s: float, error_line,
+                            jitter_s: float = 0.2) -> None:
+    """SIGKILL ``procs[1]`` a random moment (up to ``jitter_s``) after ``running()`` returns:
+    ``procs[0]`` must exit non-zero within the collective timeout + 10 s, and
+    ``error_line(its stderr)`` must say a peer was lost. No process is left behind."""
+    import random
+    import signal
+
+    try:
+        running()
+        time.sleep(random.uniform(0, jitter_s))
         procs[1].send_signal(signal.SIGKILL)
         start = time.monotonic()
         code = procs[0].wait(timeout=timeout_s + 10)
         err = procs[0].stderr.read()
-        line = next((ln for ln in err.splitlines() if ln.startswith(prefix)), "")
-        assert code != 0 and "peer" in line, err[-1500:]  # says a peer was lost
+        assert code != 0 and "peer" in error_line(err), err[-1500:]
         assert time.monotonic() - start < timeout_s + 10
     finally:
         for p in procs:

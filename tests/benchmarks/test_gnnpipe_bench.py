@@ -39,13 +39,11 @@ def test_a_killed_stage_ends_the_other_with_a_clear_error(tmp_path, epoch):
     ``epoch``): the first stage exits non-zero within its collective timeout + 10 s, saying a
     peer was lost, and leaves no process behind."""
     import os
-    import random
-    import signal
     import subprocess
     import sys
     import time
 
-    from tests.multiproc import free_port
+    from tests.multiproc import free_port, kill_one_check_survivor
 
     port, timeout_s = free_port(), 15
     procs = [subprocess.Popen(
@@ -54,22 +52,13 @@ def test_a_killed_stage_ends_the_other_with_a_clear_error(tmp_path, epoch):
          str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(r), "WORLD_SIZE": "2",
              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in range(2)]
-    try:
-        beat = tmp_path / "pipeline-4-rank0.progress"
-        deadline = time.monotonic() + 120
+    beat, deadline = tmp_path / "pipeline-4-rank0.progress", time.monotonic() + 120
+
+    def running() -> None:
         while not (beat.exists() and beat.read_text() and int(beat.read_text()) >= epoch):
             assert procs[0].poll() is None and time.monotonic() < deadline, \
                 procs[0].stderr.read()[-2000:]
             time.sleep(0.02)
-        time.sleep(random.uniform(0, 0.3))  # somewhere in the epoch's chunks
-        procs[1].send_signal(signal.SIGKILL)
-        start = time.monotonic()
-        code = procs[0].wait(timeout=timeout_s + 10)
-        err = procs[0].stderr.read()
-        assert code != 0 and "peer" in err.splitlines()[-1], err[-1500:]
-        assert time.monotonic() - start < timeout_s + 10
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+
+    kill_one_check_survivor(procs, running, timeout_s, lambda err: err.splitlines()[-1],
+                            jitter_s=0.3)  # somewhere in the epoch's chunks

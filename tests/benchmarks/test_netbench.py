@@ -222,3 +222,22 @@ def test_soak_runs_its_ranks_inside_the_two_hosts(tmp_path):
     assert linked["loss_mean"] == pytest.approx(clean["loss_mean"], rel=1e-6)
     assert rx_bytes > 10_000  # the gradients travelled over the veth, not the loopback
     assert mine() == []
+
+
+def test_drop_loses_packets_at_the_given_rate():
+    """The soak's loss on a kernel without netem: iptables drops each packet a host receives
+    with the given probability (here 30% of 2000 UDP datagrams from host a to host b)."""
+    with TwoHosts(bandwidth=None) as net:
+        net.drop(0.3)
+        receiver = subprocess.Popen(net.command("b", [sys.executable, "-c", (
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"s.bind(('{net.addr['b']}', 9999)); s.settimeout(2); n = 0\n"
+            "try:\n    while True: s.recv(16); n += 1\n"
+            "except OSError: print(n)")]), stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        subprocess.run(net.command("a", [sys.executable, "-c", (
+            "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for i in range(2000): s.sendto(b'x', ('{net.addr['b']}', 9999)); "
+            "time.sleep(0.0005)")]), check=True, timeout=60)
+        received = int(receiver.communicate(timeout=30)[0])
+    assert 1200 < received < 1600, received  # 1400 expected; binomial sd ~20
