@@ -218,14 +218,17 @@ def compare(records: list[dict]) -> None:
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| arm | network | runs | ok | hangs | crashes | slowest run (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| arm | network | runs | ok | hangs | crashes | slowest run (s) | final loss within "
+             "loopback spread |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "skipped" in r:
-            lines.append(f"| {r['arm']} | {r['network']} | not run: {r['skipped']} |||||")
+            lines.append(f"| {r['arm']} | {r['network']} | not run: {r['skipped']} ||||||")
             continue
+        same = {True: "yes", False: "no"}.get(r.get("loss_matches_loopback"), "-")
         lines.append(f"| {r['arm']} | {r['network']} | {r['runs']} | {r['ok']} | {r['hangs']} "
-                     f"| {r['crashes']} | {r['max_seconds']} |")
+                     f"| {r['crashes']} | {r['max_seconds']} | {same} |")
+    links = sorted({r["link"] for r in records if r.get("link")})
+    lines += [f"\nLossy link: {link}." for link in links]
     return "\n".join(lines) + "\n"
 
 
