@@ -77,7 +77,7 @@ horovod-build:
 	  $(BIN)/pip install -q -c constraints.txt --no-build-isolation ./$(HVD_SRC)
 
 test: deepspeed lint sysdeps mpi
-	$(RUN) $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(RUN) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # Horovod's tests are not in `make test` (CI): building Horovod takes ~4 minutes here.
 test-horovod: horovod
