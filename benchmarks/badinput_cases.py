@@ -11,12 +11,9 @@ whatever ``act`` adds under ``ctx.work`` after an error counts as partial output
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,34 +21,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from benchmarks.badinput_cli_cases import DATA_CASES
+from benchmarks.badinput_types import Case, Ctx, ExitStatus
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Ctx:
-    rank: int
-    world: int
-    work: Path  # shared by the case's ranks; empty at setup
-
-
-class ExitStatus(Exception):
-    """A CLI run that exited non-zero: its status and what it wrote to stderr."""
-
-    def __init__(self, code: int, stderr: str):
-        super().__init__(stderr.strip())
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    component: str
-    expect: str  # "error" | "works"
-    act: Callable[[Ctx], None]
-    match: str = ""
-    ranks: int = 1
-    setup: Callable[[Ctx], None] | None = None
-    group: bool = True  # the case needs an initialised default process group
 
 
 # -- gradient compression hooks and optimizers ---------------------------------------------
@@ -255,135 +228,6 @@ GNN_CASES = [
          "more stages", ranks=2),
     Case("more-chunks-than-vertices", "gnn", "error", _pipeline(_ring(), chunks=100),
          "num_chunks", ranks=2),
-]
-
-
-# -- distcomp-data CLI ----------------------------------------------------------------------
-
-def _cli(*argv) -> Callable[[Ctx], None]:
-    """Run ``distcomp-data argv`` in this process (``{in}``/``{out}`` name paths under the
-    case's directory); a non-zero exit raises :class:`ExitStatus`."""
-    def act(ctx: Ctx) -> None:
-        from data_compress.cli import main
-
-        args = [str(a).format(**{"in": ctx.work / "in", "out": ctx.work / "out"})
-                for a in argv]
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            code = main(args)
-        if code:
-            raise ExitStatus(code, err.getvalue())
-    return act
-
-
-def _table(n: int = 90, labels=None, x=None):
-    import datasets
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 6)).astype(np.float32) if x is None else x
-    labels = np.arange(n) % 3 if labels is None else labels
-    return datasets.Dataset.from_dict({"x": list(x), "label": list(labels)})
-
-
-def _hf(ctx: Ctx, **kw) -> None:
-    import datasets
-
-    datasets.disable_progress_bars()
-    _table(**kw).save_to_disk(str(ctx.work / "in"))
-
-
-def _truncated_arrow(ctx: Ctx) -> None:
-    _hf(ctx)
-    arrow = next((ctx.work / "in").glob("*.arrow"))
-    arrow.write_bytes(arrow.read_bytes()[:200])
-
-
-def _nan_features(ctx: Ctx) -> None:
-    x = np.random.default_rng(0).normal(size=(90, 6)).astype(np.float32)
-    x[7, 2] = np.nan
-    np.savez(ctx.work / "in.npz", x=x, label=np.arange(90) % 3)
-
-
-def _csv(text: str) -> Callable[[Ctx], None]:
-    return lambda ctx: (ctx.work / "in.csv").write_text(text)
-
-
-def _empty_class(ctx: Ctx) -> None:
-    import datasets
-
-    datasets.disable_progress_bars()
-    feats = datasets.Features({"x": datasets.Sequence(datasets.Value("float32")),
-                               "label": datasets.ClassLabel(names=["a", "b", "c"])})
-    datasets.Dataset.from_dict({"x": [[0.0, 1.0]] * 6, "label": [0, 1] * 3},
-                               features=feats).save_to_disk(str(ctx.work / "in"))
-
-
-def _existing_output(ctx: Ctx) -> None:
-    _hf(ctx)
-    (ctx.work / "out").mkdir()
-    (ctx.work / "out" / "indices.npy").write_bytes(b"an earlier result")
-
-
-def _not_a_dataset(ctx: Ctx) -> None:
-    (ctx.work / "in").mkdir()
-    (ctx.work / "in" / "notes.txt").write_text("no dataset here")
-
-
-def _string_labels(ctx: Ctx) -> None:
-    rows = [f"{i % 7 / 7:.3f},{(i * 3) % 5 / 5:.3f},{['cat', 'dog', 'eel'][i % 3]}"
-            for i in range(90)]
-    (ctx.work / "in.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
-
-
-def _kept_per_class(ctx: Ctx) -> None:
-    _cli("prune", "--input", "{in}.csv", "--output", "{out}", "--ratio", 0.5, "--method",
-         "random", "--column", "a")(ctx)
-    import json
-    counts = json.loads((ctx.work / "out" / "manifest.json").read_text())["counts_per_class"]
-    assert {k: v["kept"] for k, v in counts.items()} == {"cat": 15, "dog": 15, "eel": 15}, counts
-
-
-PRUNE = ("--ratio", 0.5, "--method", "random")
-DATA_CASES = [
-    Case("truncated-arrow-file", "data-cli", "error",
-         _cli("prune", "--input", "{in}", "--output", "{out}", *PRUNE), "cannot read",
-         setup=_truncated_arrow, group=False),
-    Case("nan-features", "data-cli", "error",
-         _cli("quantize", "--input", "{in}.npz", "--output", "{out}", "--ratio", 0.5,
-              "--features", "x"), "NaN", setup=_nan_features, group=False),
-    Case("string-labels", "data-cli", "works", _kept_per_class, setup=_string_labels,
-         group=False),
-    Case("empty-class", "data-cli", "error",
-         _cli("prune", "--input", "{in}", "--output", "{out}", *PRUNE), "['c']",
-         setup=_empty_class, group=False),
-    Case("ratio-zero", "data-cli", "error",
-         _cli("prune", "--input", "{in}", "--output", "{out}", "--ratio", 0, "--method",
-              "random"), "ratio", setup=_hf, group=False),
-    Case("ratio-above-one", "data-cli", "error",
-         _cli("quantize", "--input", "{in}", "--output", "{out}", "--ratio", 1.5), "ratio",
-         setup=_hf, group=False),
-    Case("output-exists", "data-cli", "error",
-         _cli("prune", "--input", "{in}", "--output", "{out}", *PRUNE), "--force",
-         setup=_existing_output, group=False),
-    Case("unreadable-input", "data-cli", "error",
-         _cli("prune", "--input", "{in}", "--output", "{out}", *PRUNE), "cannot read",
-         setup=_not_a_dataset, group=False),
-    Case("input-missing", "data-cli", "error",
-         _cli("prune", "--input", "{in}", "--output", "{out}", *PRUNE), "does not exist",
-         group=False),
-    Case("missing-column", "data-cli", "error",
-         _cli("quantize", "--input", "{in}", "--output", "{out}", "--ratio", 0.5,
-              "--features", "emb"), "no column 'emb'", setup=_hf, group=False),
-    Case("missing-label-column", "data-cli", "error",
-         _cli("prune", "--input", "{in}", "--output", "{out}", *PRUNE, "--label-column",
-              "y"), "no column 'y'", setup=_hf, group=False),
-    Case("ragged-csv", "data-cli", "error",
-         _cli("prune", "--input", "{in}.csv", "--output", "{out}", *PRUNE),
-         "in.csv", setup=_csv("a,b,label\n1,2,0\n3,4\n5,6,1,9\n"), group=False),
-    Case("unsupported-format", "data-cli", "error",
-         _cli("prune", "--input", "{in}.csv.gz", "--output", "{out}", *PRUNE),
-         "unsupported input", setup=lambda ctx: (ctx.work / "in.csv.gz").write_bytes(b"x"),
-         group=False),
 ]
 
 

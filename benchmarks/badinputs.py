@@ -47,7 +47,7 @@ def _child(source: str, name: str, rank: int, world: int, work: str, queue) -> N
     import torch
     import torch.distributed as dist
 
-    from benchmarks.badinput_cases import Ctx, ExitStatus
+    from benchmarks.badinput_types import Ctx, ExitStatus
 
     torch.set_num_threads(1)
     module, attr = source.split(":")

@@ -2,18 +2,29 @@
 ``-n 2 --dist loadfile``), so the tests sharing one machine-wide resource run one after
 another on one worker: the local SLURM cluster of ``tests/slurm/`` (one controller, one node,
 one munged) and the network namespaces of ``tests/benchmarks/test_netbench.py`` (a run removes
-stale namespaces of ours, which would include another worker's live ones). Those two files are
-long and mostly wait (on slurmctld, on shaped links), so they are scheduled first: the other
-worker fills that time with the rest instead of one worker finishing them alone at the end.
-(``--dist loadgroup`` would do this per test, but with pytest 9.2 and pytest-xdist 3.8 its
-``xdist_group`` marks were not honoured here: the SLURM tests ran on both workers.)"""
+stale namespaces of ours, which would include another worker's live ones). (``--dist
+loadgroup`` would do this per test, but with pytest 9.2 and pytest-xdist 3.8 its
+``xdist_group`` marks were not honoured here: the SLURM tests ran on both workers.)
+
+Files go out longest first (their share of a CI run here, most of it waiting on subprocesses),
+so that no long file is left running alone on one worker at the end."""
 
 from __future__ import annotations
 
 import pytest
 
-FIRST = ("tests/slurm/", "tests/benchmarks/test_netbench.py")
+LONGEST_FIRST = (
+    "tests/slurm/", "tests/benchmarks/test_netbench.py", "tests/launch/test_train.py",
+    "tests/distcomp/test_co2.py", "tests/hooks/test_deepspeed.py",
+    "tests/distcomp/test_gnnpipe.py", "tests/benchmarks/test_data_benchmarks.py",
+    "tests/benchmarks/test_gnnpipe_bench.py", "tests/hooks/test_ddp.py",
+    "tests/benchmarks/test_soak.py", "tests/benchmarks/test_badinputs.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))  # stable otherwise
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(LONGEST_FIRST)
+                     if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: tests keep their order within a file

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from benchmarks.badinput_cases import CASES, Case
+from benchmarks.badinput_cases import CASES
+from benchmarks.badinput_types import Case
 from benchmarks.badinputs import run_case
 
 ISSUE_COMPONENTS = {"hooks", "lgreco", "co2", "model", "data-cli", "gnn", "checkpoint", "launch"}
