@@ -117,8 +117,8 @@ def run(args) -> int:
         args.command == "prune" and args.method in (*DYNAMIC, "ccs"))
     if not shards.root and not sharded:
         return 0  # nothing to share: rank 0 does it alone
-    labels = _labels(ds, args.label_column) if args.command != "dedup" or \
-        args.features is None else None
+    labels, names = _labels(ds, args.label_column) if args.command != "dedup" or \
+        args.features is None else (None, None)
     start = time.perf_counter()
     params: dict = {}
     if args.command == "embed":
@@ -151,8 +151,7 @@ def run(args) -> int:
         "parameters": params, "seed": args.seed, "features": _feature_source(args),
         "input": str(args.input), "input_fingerprint": fingerprint(args.input),
         "rows_in": len(ds), "rows_kept": int(len(keep)),
-        "counts_per_class": None if labels is None else _counts(
-            labels, keep, _class_names(ds, args.label_column)),
+        "counts_per_class": None if labels is None else _counts(labels, keep, names),
         "mpi_ranks": shards.size,
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -161,12 +160,12 @@ def run(args) -> int:
     return 0
 
 
-def _labels(ds, name: str) -> np.ndarray:
-    """One integer class per row; string labels ("cat", "dog") become their index in
-    :func:`_class_names`."""
+def _labels(ds, name: str) -> tuple[np.ndarray, list[str] | None]:
+    """One integer class per row, and the class names of string labels ("cat", "dog": each
+    becomes its index in :func:`_class_names`; None for integer labels)."""
     names = _class_names(ds, name)
     if names is not None:
-        return np.searchsorted(names, column(ds, name, numeric=False))
+        return np.searchsorted(names, column(ds, name, numeric=False)), names
     labels = column(ds, name)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise DataError(f"label column {name!r} must hold one integer or string per row")
@@ -177,7 +176,7 @@ def _labels(ds, name: str) -> np.ndarray:
         empty = sorted(set(range(len(declared))) - set(np.unique(labels).tolist()))
         if empty:
             raise DataError(f"classes {[declared[c] for c in empty]} of {name!r} have no rows")
-    return labels
+    return labels, None
 
 
 def _class_names(ds, name: str) -> list[str] | None:
@@ -266,9 +265,9 @@ def prune(ds, args, labels: np.ndarray) -> np.ndarray | None:
 def inspect(ds, args) -> int:
     info = {"rows": len(ds), "columns": {k: str(v) for k, v in ds.features.items()}}
     if args.label_column in ds.column_names:
-        labels = _labels(ds, args.label_column)
+        labels, names = _labels(ds, args.label_column)
         info["counts_per_class"] = {k: v["in"] for k, v in _counts(
-            labels, np.arange(0), _class_names(ds, args.label_column)).items()}
+            labels, np.arange(0), names).items()}
     manifest = Path(args.input) / "manifest.json"
     if manifest.exists():
         info["manifest"] = json.loads(manifest.read_text())

@@ -91,7 +91,7 @@ def check_same(comm: Comm, what: str, settings: dict) -> None:
     and each rank's value. Costs one all-gather of world x 32 bytes.
     """
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    dev = getattr(comm, "device", torch.device("cpu"))
+    dev = comm.device
     digest = torch.tensor(list(hashlib.sha256(blob).digest()), dtype=torch.uint8, device=dev)
     digests = comm.all_gather(digest).wait()
     if bool((digests == digests[0]).all()):

@@ -93,7 +93,8 @@ def parse_into(cls, argv, description: str, comms) -> tuple:
                               bits=opts.bits, timeout_s=opts.timeout_s)
         elif opts.comm == "co2":
             CO2Config(tau=opts.tau, timeout_s=opts.timeout_s)
-        CompressionConfig(timeout_s=opts.timeout_s)
+        else:  # the framework's own all-reduce: only the timeout
+            CompressionConfig(timeout_s=opts.timeout_s)
     except ValueError as err:
         parser.error(f"{err}")
     return opts, parser
