@@ -134,11 +134,20 @@ def train_eval(x, y, xte, yte, seed: int, steps: int, batch: int = 64,
     return float((pred == yte).mean())
 
 
+_DATA: dict[str, tuple] = {}
+
+
+def _receive(dataset: str, data: tuple) -> None:
+    """Worker initializer: the parent's arrays (mnist1d takes ~12 s to generate; each worker
+    would otherwise generate it again)."""
+    _DATA[dataset] = data
+
+
 def run_seed(dataset: str, seed: int, methods, ratios, steps: int, probe_epochs: int
              ) -> dict[tuple[str, float], float]:
     """Test accuracy of every (method, ratio) for one seed (one probe, one split)."""
     torch.set_num_threads(1)
-    x, y, xte, yte = load(dataset)
+    x, y, xte, yte = _DATA.get(dataset) or load(dataset)
     model_class = MODELS[dataset]
     dyn = train_probe(x, y, epochs=probe_epochs, score_epoch=max(1, probe_epochs // 5),
                       seed=seed, make_model=model_class)
@@ -154,7 +163,8 @@ def run_seed(dataset: str, seed: int, methods, ratios, steps: int, probe_epochs:
 def run(dataset: str, seeds: int, methods, ratios, steps: int, probe_epochs: int,
         jobs: int = 1) -> list[dict]:
     per_seed = {}
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_receive,
+                             initargs=(dataset, load(dataset))) as pool:
         futures = {pool.submit(run_seed, dataset, seed, methods, ratios, steps, probe_epochs):
                    seed for seed in range(seeds)}
         for future in as_completed(futures):

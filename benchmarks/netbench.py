@@ -84,7 +84,8 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
     procs, logs = {}, {}
     for host in ("a", "b"):
         env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=net.iface[host],
-                   NETBENCH_IFACE=net.iface[host], NETBENCH_HOST=host, PYTHONPATH=str(REPO))
+                   NETBENCH_IFACE=net.iface[host], NETBENCH_HOST=host, PYTHONPATH=str(REPO),
+                   PYTHONFAULTHANDLER="1")  # a crash prints every thread's Python stack
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
             "--rdzv_backend=c10d", f"--rdzv_endpoint={net.addr['a']}:{port}",
@@ -107,10 +108,12 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
     base = {"workload": workload, "arm": arm, "steps": steps}
     if hung:
         why = f"hang: {hung}, killed. "
-        return {**base, "status": "error", "error": why + error_excerpt(texts)}
+        return {**base, "status": "error", "error": why + error_excerpt(texts),
+                "log_tail": {h: t.splitlines()[-40:] for h, t in texts.items()}}
     codes = {h: p.returncode for h, p in procs.items()}
     if any(codes.values()):
-        return {**base, "status": "error", "error": f"exit codes {codes}: " + error_excerpt(texts)}
+        return {**base, "status": "error", "error": f"exit codes {codes}: " + error_excerpt(texts),
+                "log_tail": {h: t.splitlines()[-40:] for h, t in texts.items()}}
     return {**base, **merge(out_dir, workload, arm)}
 
 
@@ -135,7 +138,8 @@ def watch(procs: dict, out_dir: Path, pattern: str, args) -> str | None:
 
 def error_excerpt(texts: dict[str, str], limit: int = 600) -> str:
     """The most telling lines of the ranks' output (gloo's what(), Python errors, signals)."""
-    keys = ("what():", "Error", "error", "Signal", "SIGABRT", "Killed", "mismatch")
+    keys = ("what():", "terminate", "Abort", "Error", "error", "Signal", "SIGABRT", "Killed",
+            "mismatch")
     lines = []
     for host, text in texts.items():
         for line in text.splitlines():

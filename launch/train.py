@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import signal
@@ -133,6 +134,10 @@ def run_guarded(script: str, rank: int, fn) -> int:
         return 1
     finally:
         if dist.is_initialized():
+            # fn's DDP model and hook state (reference cycles) hold the process group; collected
+            # now, gloo's destructor runs here and not during interpreter exit, where it can
+            # abort (seen in benchmarks/netbench_worker.py under load).
+            gc.collect()
             dist.destroy_process_group()
 
 

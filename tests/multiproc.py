@@ -1,8 +1,14 @@
 """Run a function on W real gloo ranks (separate processes) and collect what each returns.
 
-Every test that touches torch.distributed goes through here: processes are spawned fresh,
+Every test that touches torch.distributed goes through here: every rank is a new process,
 OMP_NUM_THREADS=1, the process group has a timeout, and the whole run has a deadline after which
 every rank is killed and the test fails, so a hang can never stall the suite.
+
+Ranks are forked from a server that imported torch and the package once (per pytest worker):
+a spawned rank spent ~1.5 s importing them, about a third of a typical two-rank test here.
+Each rank still has its own process group, sockets and threads. Not ``torch._dynamo`` (the
+first optimizer built imports it): forked after it is imported, torch's fp16 DDP hook hung
+at teardown in soak runs (see benchmarks/soak.py).
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import traceback
 from pathlib import Path
 
 import torch
+
+_CTX = mp.get_context("forkserver")
+_CTX.set_forkserver_preload(["torch", "torch.distributed", "distcomp.reducer", "hooks",
+                             "tests.models"])
 
 
 def free_port() -> int:
@@ -50,7 +60,7 @@ def run_ranks(fn, world: int = 2, timeout_s: float = 180.0, pg_timeout_s: float 
     ``fn`` must be a module-level function (it is pickled by reference). A rank that raises
     fails the test with its traceback; a run past ``timeout_s`` is killed and fails the test.
     """
-    ctx = mp.get_context("spawn")
+    ctx = _CTX
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         outs = [str(Path(tmp) / f"rank{r}.pt") for r in range(world)]
