@@ -1,6 +1,8 @@
 """README tables from ``benchmarks.data_quality`` and ``benchmarks.data_scale`` JSON.
 
-    python -m benchmarks.data_report --readme README.md QUALITY.json SCALE.json
+    python -m benchmarks.data_report --readme README.md [--val VAL.json] QUALITY.json SCALE.json
+
+VAL.json is a ``--split val`` run of data_quality (how its defaults were chosen), shown first.
 """
 
 from __future__ import annotations
@@ -14,11 +16,24 @@ from benchmarks.common import replace_block
 START, END = "<!-- data:start -->", "<!-- data:end -->"
 
 
+def _features(cfg: dict) -> str:
+    names = {"input": "the standardised inputs", "probe": "the probe's hidden layer"}
+    auto = cfg.get("auto_features")
+    if auto:
+        return "embedding methods compare samples by " + ", ".join(
+            f"{m}: {names[f]}" for m, f in auto.items()) + " (chosen on the validation split)"
+    return f"embedding methods compare samples by {names[cfg.get('features', 'probe')]}"
+
+
 def quality(payload: dict, path: str) -> list[str]:
     cfg = payload["config"]
-    lines = [f"Accuracy of a fixed MLP trained on the subset, test set, final model; mean ± std "
-             f"over {cfg['seeds']} paired seeds, difference to random in points and wins out of "
-             f"{cfg['seeds']}. Command: `{cfg['command']}` → `{path}` ({cfg['seconds']:.0f} s)",
+    where = "test set" if cfg.get("split", "test") == "test" else \
+        "validation split (a fifth of the training set; seeds from 100)"
+    models = ", ".join(f"{d}: {m}" for d, m in cfg["models"].items())
+    lines = [f"Accuracy of the fixed model ({models}) trained on the subset, {where}, final "
+             f"model; {_features(cfg)}; mean ± std over {cfg['seeds']} paired "
+             f"seeds, difference to random in points and wins out of {cfg['seeds']}. Command: "
+             f"`{cfg['command']}` → `{path}` ({cfg['seconds']:.0f} s)",
              "", "| dataset | method | 10% | 30% | 50% |", "|---|---|---|---|---|"]
     rows: dict = {}
     for r in payload["results"]:
@@ -47,11 +62,13 @@ def scale(payload: dict, path: str) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--readme", required=True)
+    p.add_argument("--val", action="append", default=[], help="a --split val run (repeatable)")
     p.add_argument("quality")
     p.add_argument("scale")
     args = p.parse_args()
     blocks = []
-    for path, render in ((args.quality, quality), (args.scale, scale)):
+    for path, render in [*((v, quality) for v in args.val), (args.quality, quality),
+                         (args.scale, scale)]:
         with open(path) as f:
             blocks += render(json.load(f), os.path.relpath(path)) + [""]
     replace_block(args.readme, START, END, "\n".join(blocks))

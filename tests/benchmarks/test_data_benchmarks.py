@@ -52,3 +52,36 @@ def test_data_quality_does_not_depend_on_the_number_of_processes(tmp_path):
         assert payload["config"]["models"] == {"mnist1d": "SignalCNN"}
         runs.append(payload["results"])
     assert runs[0] == runs[1]
+
+
+
+def test_validation_split_holds_out_a_fifth_of_the_training_set_and_never_the_test_set():
+    from benchmarks import data_quality
+
+    fit, held = data_quality.holdout(1000)
+    assert len(held) == 200 and set(fit).isdisjoint(held) and set(fit) | set(held) == set(
+        range(1000))
+    assert all((a == b).all() for a, b in zip(data_quality.holdout(1000), (fit, held)))
+    xtr, _, xte, _ = data_quality.load("digits", "test")
+    xfit, yfit, xval, yval = data_quality.load("digits", "val")
+    assert (len(xfit), len(xval)) == (len(xtr) - int(0.2 * len(xtr)), int(0.2 * len(xtr)))
+    assert len(xval) != len(xte) and len(yfit) == len(xfit) and len(yval) == len(xval)
+
+
+def test_report_says_which_split_and_which_features():
+    from benchmarks.data_report import quality
+
+    cfg = {"seeds": 2, "ratios": [0.1], "command": "c", "seconds": 1.0,
+           "models": {"digits": "MLP"}}
+    rec = {"dataset": "digits", "ratio": 0.1, "acc_mean": 0.9, "acc_std": 0.01,
+           "diff_vs_random": 0.02, "wins": 2, "seeds": 2}
+    results = [{**rec, "method": "random", "diff_vs_random": 0.0, "wins": 0},
+               {**rec, "method": "kcenter"}]
+    val = quality({"config": {**cfg, "split": "val", "features": "input"},
+                   "results": results}, "v.json")
+    assert "validation split" in val[0] and "the standardised inputs" in val[0]
+    test = quality({"config": {**cfg, "split": "test", "features": "auto",
+                               "auto_features": {"kcenter": "input", "dq": "probe"}},
+                    "results": results}, "t.json")
+    assert "test set" in test[0] and "kcenter: the standardised inputs" in test[0]
+    assert test[-1] == "| digits | kcenter | 90.0 ± 1.0 (+2.0, 2/2) |"
