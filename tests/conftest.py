@@ -14,11 +14,13 @@ from __future__ import annotations
 import pytest
 
 LONGEST_FIRST = (
-    "tests/slurm/", "tests/benchmarks/test_netbench.py", "tests/launch/test_train.py",
-    "tests/distcomp/test_co2.py", "tests/hooks/test_deepspeed.py",
-    "tests/distcomp/test_gnnpipe.py", "tests/benchmarks/test_data_benchmarks.py",
-    "tests/benchmarks/test_gnnpipe_bench.py", "tests/hooks/test_ddp.py",
-    "tests/benchmarks/test_soak.py", "tests/benchmarks/test_badinputs.py",
+    "tests/slurm/", "tests/benchmarks/test_netbench.py", "tests/distcomp/test_co2.py",
+    "tests/launch/test_train.py", "tests/benchmarks/test_badinputs.py",
+    "tests/hooks/test_deepspeed.py", "tests/benchmarks/test_gnnpipe_bench.py",
+    "tests/benchmarks/test_data_benchmarks.py", "tests/hooks/test_ddp.py",
+    "tests/distcomp/test_gnnpipe.py", "tests/data_compress/test_mpi.py",
+    "tests/hooks/test_multibucket.py", "tests/benchmarks/test_soak.py",
+    "tests/data_compress/test_cli.py",
 )
 
 
