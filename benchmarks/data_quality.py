@@ -10,9 +10,9 @@ MLP's limits), for digits an MLP. For every seed, a probe of that family trained
 full training set gives the training dynamics (EL2N, GraNd, forgetting, CCS over EL2N); the
 embedding methods (DQ, moderate, k-center) compare samples by ``--features``: the standardised
 inputs, the probe's hidden layer, or (default) per method the better of the two on the
-validation split. Each method then keeps 10/30/50% (the same
-per-class counts for every method) and a fixed model is trained on the subset for a fixed
-number of steps, then scored once on the test set: the final model, never the best checkpoint.
+validation split. Each method then keeps 10/30/50% (the same per-class counts for every
+method) and a fixed model is trained on the subset for a fixed number of steps, then scored
+once on the test set: the final model, never the best checkpoint.
 Seeds are paired: method and random share the seed's probe, split and model initialisation.
 Seeds run in ``--jobs`` processes; results do not depend on it. Records: {"dataset", "method",
 "ratio", "split", "acc_mean", "acc_std", "diff_vs_random", "wins", "seeds"}.
