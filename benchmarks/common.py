@@ -8,13 +8,16 @@ import os
 import platform
 import signal
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
 
-def environment() -> dict:
-    return {
+def environment(packages: tuple[str, ...] = ()) -> dict:
+    """Where a figure was measured. ``packages``: distributions whose versions can change the
+    figure (e.g. the ones that generate a dataset), recorded as {name: version or None}."""
+    env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -22,6 +25,16 @@ def environment() -> dict:
         "machine": platform.machine(),
         "kernel": platform.release(),
     }
+    if packages:
+        env["packages"] = {name: _version(name) for name in packages}
+    return env
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def write_json(path: str | Path, payload: dict) -> None:

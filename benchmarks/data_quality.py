@@ -24,6 +24,7 @@ never on the test set: that is how :data:`AUTO_FEATURES` was chosen.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -82,6 +83,19 @@ def holdout(n: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(1234).permutation(n)
     held = int(VAL_FRACTION * n)
     return order[held:], order[:held]
+
+
+# Versions that change the figures without a code change: numpy and scipy generate mnist1d,
+# scikit-learn splits digits, faiss runs k-center.
+PACKAGES = ("numpy", "scipy", "mnist1d", "scikit-learn", "faiss-cpu")
+
+
+def fingerprint(arrays: tuple[np.ndarray, ...]) -> str:
+    """SHA-256 over the bytes of ``load``'s arrays: two runs saw the same data iff it matches."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=4)
@@ -264,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                    "methods": methods, "ratios": list(RATIOS), "quick": args.quick,
                    "command": "python -m benchmarks.data_quality " + " ".join(
                        argv if argv is not None else sys.argv[1:]),
-                   "seconds": round(time.perf_counter() - start, 1), "env": environment()},
+                   "data_sha256": {d: fingerprint(load(d, args.split))
+                                   for d in args.datasets.split(",")},
+                   "seconds": round(time.perf_counter() - start, 1),
+                   "env": environment(PACKAGES)},
         "results": results,
     }
     write_json(args.json, payload)

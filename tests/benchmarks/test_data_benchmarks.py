@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("faiss", reason="needs faiss-cpu (the data extra)")
@@ -16,8 +17,16 @@ def test_data_quality_records(tmp_path):
     assert data_quality.main(["--datasets", "digits", "--methods", "random,dq,el2n", "--seeds",
                               "2", "--steps", "60", "--probe-epochs", "2", "--json",
                               str(out)]) == 0
-    results = json.loads(out.read_text())["results"]
+    payload = json.loads(out.read_text())
+    results = payload["results"]
     assert len(results) == 3 * 3  # methods x ratios
+    config = payload["config"]
+    assert config["data_sha256"]["digits"] == data_quality.fingerprint(
+        data_quality.load("digits", "test"))
+    assert config["data_sha256"]["digits"] != data_quality.fingerprint(
+        data_quality.load("digits", "val"))
+    packages = config["env"]["packages"]
+    assert set(packages) == set(data_quality.PACKAGES) and packages["numpy"] == np.__version__
     keys = {"dataset", "method", "ratio", "acc_mean", "acc_std", "diff_vs_random", "wins",
             "seeds"}
     for r in results:
@@ -52,7 +61,6 @@ def test_data_quality_does_not_depend_on_the_number_of_processes(tmp_path):
         assert payload["config"]["models"] == {"mnist1d": "SignalCNN"}
         runs.append(payload["results"])
     assert runs[0] == runs[1]
-
 
 
 def test_validation_split_holds_out_a_fifth_of_the_training_set_and_never_the_test_set():
