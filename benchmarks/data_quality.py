@@ -15,7 +15,8 @@ method) and a fixed model is trained on the subset for a fixed number of steps, 
 once on the test set: the final model, never the best checkpoint.
 Seeds are paired: method and random share the seed's probe, split and model initialisation.
 Seeds run in ``--jobs`` processes; results do not depend on it. Records: {"dataset", "method",
-"ratio", "split", "acc_mean", "acc_std", "diff_vs_random", "wins", "seeds"}.
+"ratio", "split", "acc_mean", "acc_std", "diff_vs_random", "wins", "seeds", "spacing_mean",
+"spacing_diff_vs_random"} (spacing: see :func:`spacing`).
 
 Settings are chosen with ``--split val`` (a fifth of the training set held out, other seeds),
 never on the test set: that is how :data:`AUTO_FEATURES` was chosen.
@@ -206,9 +207,26 @@ def run_seed(dataset: str, seed: int, methods, ratios, steps: int, probe_epochs:
     for ratio in ratios:
         for method in methods:
             keep = select(method, ratio, x, y, dyn, seed, features)
-            out[(method, ratio)] = train_eval(x[keep], y[keep], xte, yte, seed, steps,
-                                              model_class=model_class)
+            out[(method, ratio)] = (train_eval(x[keep], y[keep], xte, yte, seed, steps,
+                                               model_class=model_class),
+                                    spacing(x, y, keep))
     return out
+
+
+def spacing(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> float:
+    """Mean distance (standardised input units) from each kept sample to the nearest other
+    kept sample of its class: how far a subset thins out near-duplicates. Random sampling
+    sets the baseline; k-center maximises the smallest such distance."""
+    nearest = []
+    for c in np.unique(y[keep]):
+        b = x[keep[y[keep] == c]].astype(np.float64)
+        if len(b) < 2:
+            continue
+        sq = (b * b).sum(1)
+        d2 = sq[:, None] - 2 * b @ b.T + sq[None]
+        np.fill_diagonal(d2, np.inf)
+        nearest.append(np.sqrt(np.maximum(d2.min(1), 0)))
+    return float(np.concatenate(nearest).mean()) if nearest else 0.0
 
 
 def run(dataset: str, seeds: int, methods, ratios, steps: int, probe_epochs: int,
@@ -224,18 +242,21 @@ def run(dataset: str, seeds: int, methods, ratios, steps: int, probe_epochs: int
             seed = futures[future]
             per_seed[seed] = future.result()
             print(f"  {dataset} seed {seed}: " + ", ".join(
-                f"{m}@{r}={a:.3f}" for (m, r), a in per_seed[seed].items()),
+                f"{m}@{r}={a:.3f}" for (m, r), (a, _) in per_seed[seed].items()),
                 file=sys.stderr, flush=True)
-    acc = {key: [per_seed[s][key] for s in sorted(per_seed)] for key in per_seed[first]}
+    seeds = sorted(per_seed)
+    acc = {key: np.array([per_seed[s][key][0] for s in seeds]) for key in per_seed[first]}
+    gap = {key: np.array([per_seed[s][key][1] for s in seeds]) for key in per_seed[first]}
     records = []
-    for (method, ratio), values in acc.items():
-        base = np.array(acc[("random", ratio)])
-        v = np.array(values)
+    for (method, ratio), v in acc.items():
+        base = acc[("random", ratio)]
         records.append({
             "dataset": dataset, "method": method, "ratio": ratio, "split": split,
             "acc_mean": float(v.mean()), "acc_std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
             "diff_vs_random": float((v - base).mean()),
             "wins": int((v > base).sum()), "seeds": len(v),
+            "spacing_mean": float(gap[(method, ratio)].mean()),
+            "spacing_diff_vs_random": float((gap[(method, ratio)] - gap[("random", ratio)]).mean()),
         })
     return records
 

@@ -61,6 +61,19 @@ def test_data_quality_does_not_depend_on_the_number_of_processes(tmp_path):
         assert payload["config"]["models"] == {"mnist1d": "SignalCNN"}
         runs.append(payload["results"])
     assert runs[0] == runs[1]
+    spacing = {(r["method"], r["ratio"]): r["spacing_mean"] for r in runs[0]}
+    for ratio in data_quality.RATIOS:  # k-center keeps samples apart; random does not try
+        assert spacing[("kcenter", ratio)] > spacing[("random", ratio)]
+
+
+def test_spacing_is_the_mean_distance_to_the_nearest_kept_sample_of_the_same_class():
+    from benchmarks.data_quality import spacing
+
+    x = np.array([[0.0], [1.0], [3.0], [10.0], [50.0], [52.0]])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    # class 0 keeps 0, 1, 3 (nearest: 1, 1, 2); class 1 keeps 50, 52 (2, 2); 10 is dropped
+    assert spacing(x, y, np.array([0, 1, 2, 4, 5])) == pytest.approx(8 / 5)
+    assert spacing(x, y, np.array([0, 3])) == 0.0  # no class keeps two samples
 
 
 def test_validation_split_holds_out_a_fifth_of_the_training_set_and_never_the_test_set():
@@ -93,3 +106,9 @@ def test_report_says_which_split_and_which_features():
                     "results": results}, "t.json")
     assert "test set" in test[0] and "kcenter: the standardised inputs" in test[0]
     assert test[-1] == "| digits | kcenter | 90.0 ± 1.0 (+2.0, 2/2) |"
+    assert not any("Spacing" in line for line in test)  # records without spacing: no table
+    spaced = [{**r, "spacing_mean": 4.5 + (r["method"] == "kcenter"),
+               "spacing_diff_vs_random": float(r["method"] == "kcenter")} for r in results]
+    both = quality({"config": {**cfg, "features": "input"}, "results": spaced}, "t.json")
+    assert both[len(test) - 1] == test[-1] and "Spacing" in both[len(test) + 1]
+    assert both[-2:] == ["| digits | random | 4.50 |", "| digits | kcenter | 5.50 (+1.00) |"]
