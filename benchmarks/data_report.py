@@ -33,30 +33,32 @@ def quality(payload: dict, path: str) -> list[str]:
     lines = [f"Accuracy of the fixed model ({models}) trained on the subset, {where}, final "
              f"model; {_features(cfg)}; mean ± std over {cfg['seeds']} paired "
              f"seeds, difference to random in points and wins out of {cfg['seeds']}. Command: "
-             f"`{cfg['command']}` → `{path}` ({cfg['seconds']:.0f} s)",
-             "", "| dataset | method | 10% | 30% | 50% |", "|---|---|---|---|---|"]
+             f"`{cfg['command']}` → `{path}` ({cfg['seconds']:.0f} s)", ""]
     lines += _table(payload["results"], cfg["ratios"], lambda r: (
         f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f}",
         f" ({100 * r['diff_vs_random']:+.1f}, {r['wins']}/{r['seeds']})"))
     if all("spacing_mean" in r for r in payload["results"]):
         lines += ["", "Spacing of the kept samples in the same run: mean distance from each to "
                   "the nearest other kept sample of its class (standardised input units), "
-                  "paired difference to random in brackets.", "",
-                  "| dataset | method | 10% | 30% | 50% |", "|---|---|---|---|---|"]
+                  "paired difference to random in brackets.", ""]
         lines += _table(payload["results"], cfg["ratios"], lambda r: (
             f"{r['spacing_mean']:.2f}", f" ({r['spacing_diff_vs_random']:+.2f})"))
     return lines
 
 
 def _table(results: list[dict], ratios: list, cell) -> list[str]:
-    """One row per (dataset, method); ``cell(record)`` gives (value, comparison to random)."""
+    """Header, then one row per (dataset, method) with a column per ratio; ``cell(record)``
+    gives (value, comparison to random)."""
     rows: dict = {}
     for r in results:
         value, versus = cell(r)
         rows.setdefault((r["dataset"], r["method"]), {})[r["ratio"]] = \
             value + (versus if r["method"] != "random" else "")
-    return [f"| {dataset} | {method} | " + " | ".join(cells.get(ratio, "") for ratio in ratios)
-            + " |" for (dataset, method), cells in rows.items()]
+    header = ["| dataset | method | " + " | ".join(f"{100 * r:.0f}%" for r in ratios) + " |",
+              "|---|---|" + "---|" * len(ratios)]
+    return header + [f"| {dataset} | {method} | " + " | ".join(
+        cells.get(ratio, "") for ratio in ratios) + " |"
+        for (dataset, method), cells in rows.items()]
 
 
 def scale(payload: dict, path: str) -> list[str]:
