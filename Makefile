@@ -106,19 +106,21 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
 	$(RUN) $(BIN)/python -m benchmarks.link_cost --json $(RESULTS)/link_cost.json
-	$(RUN) $(BIN)/python -m benchmarks.data_quality --split val --methods random,dq,moderate,kcenter \
-	  --json $(RESULTS)/data_quality_val.json
-	$(RUN) $(BIN)/python -m benchmarks.data_quality --split val --methods random,dq,moderate,kcenter \
-	  --features probe --json $(RESULTS)/data_quality_val_probe.json
+	$(RUN) $(BIN)/python -m benchmarks.data_quality --split val --features input \
+	  --methods random,dq,dq-kmeans,moderate,kcenter --json $(RESULTS)/data_quality_val.json
+	$(RUN) $(BIN)/python -m benchmarks.data_quality --split val --features probe \
+	  --methods random,dq,dq-kmeans,moderate,kcenter --json $(RESULTS)/data_quality_val_probe.json
 	$(RUN) $(BIN)/python -m benchmarks.data_quality --json $(RESULTS)/data_quality.json
 	$(RUN) $(BIN)/python -m benchmarks.data_scale --json $(RESULTS)/data_scale.json
+	$(RUN) $(BIN)/python -m benchmarks.data_scale --binning kmeans --json $(RESULTS)/data_scale_kmeans.json
 	$(RUN) $(BIN)/python -m benchmarks.gnnpipe --json $(RESULTS)/gnnpipe.json
 	$(MAKE) --no-print-directory deepspeed horovod
 	$(RUN) $(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json
 	$(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json --readme README.md
 	$(BIN)/python -m benchmarks.gnnpipe_report --readme README.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data_report --readme README.md --val $(RESULTS)/data_quality_val.json \
-	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json
+	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \
+	  $(RESULTS)/data_scale_kmeans.json
 	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-lgreco.json \
 	  $(RESULTS)/netbench-lgreco-long.json $(RESULTS)/netbench-lgreco-rank8.json \

@@ -78,11 +78,11 @@ def main() -> None:
     p.add_argument("--readme", required=True)
     p.add_argument("--val", action="append", default=[], help="a --split val run (repeatable)")
     p.add_argument("quality")
-    p.add_argument("scale")
+    p.add_argument("scale", nargs="+", help="data_scale runs (GraphCut, then variants)")
     args = p.parse_args()
     blocks = []
     for path, render in [*((v, quality) for v in args.val), (args.quality, quality),
-                         (args.scale, scale)]:
+                         *((s, scale) for s in args.scale)]:
         with open(path) as f:
             blocks += render(json.load(f), os.path.relpath(path)) + [""]
     replace_block(args.readme, START, END, "\n".join(blocks))

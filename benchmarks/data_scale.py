@@ -1,11 +1,13 @@
 """Dataset quantization end to end at scale: time and peak memory as n grows.
 
-    python -m benchmarks.data_scale [--n 1000000] [--dim 128] --json PATH
+    python -m benchmarks.data_scale [--n 1000000] [--dim 128] [--binning kmeans] --json PATH
 
 Synthetic clustered embeddings (10 classes, each a mixture of 20 Gaussian clusters on the unit
-sphere), then :func:`data_compress.quantize.quantize` at ratio 0.1 with 10 bins and the default
-method choice. Each size runs in a fresh process so its peak RSS (ru_maxrss) is its own; sizes
-are 1e5, 3e5 and ``--n``. Records: {"n", "dim", "seconds", "peak_rss_bytes", "method", "kept"}.
+sphere), then :func:`data_compress.quantize.quantize` at ratio 0.1 with its default bins: 10
+GraphCut bins and the default method choice, or with ``--binning kmeans`` one k-means bin per
+3 kept samples. Each size runs in a fresh process so its peak RSS (ru_maxrss) is its own; sizes are
+1e5, 3e5 and ``--n``. Records: {"n", "dim", "seconds", "peak_rss_bytes", "method", "kept"},
+method being "exact" or "knn" (GraphCut) or "kmeans".
 """
 
 from __future__ import annotations
@@ -32,17 +34,18 @@ def synthetic(n: int, dim: int, seed: int = 0, classes: int = 10, modes: int = 2
     return x, labels
 
 
-def one(n: int, dim: int) -> dict:
+def one(n: int, dim: int, binning: str = "graphcut") -> dict:
     from data_compress.quantize import EXACT_LIMIT, quantize
 
     x, labels = synthetic(n, dim)
     start = time.perf_counter()
-    keep = quantize(x, labels, 0.1, n_bins=10, seed=0)
+    keep = quantize(x, labels, 0.1, seed=0, binning=binning)
     seconds = time.perf_counter() - start
     per_class = int(np.bincount(labels).max())
+    method = "kmeans" if binning == "kmeans" else "exact" if per_class <= EXACT_LIMIT else "knn"
     return {"n": n, "dim": dim, "seconds": round(seconds, 2),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "method": "exact" if per_class <= EXACT_LIMIT else "knn", "kept": int(len(keep))}
+            "method": method, "kept": int(len(keep))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,18 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--sizes", default=None, help="comma list (default: 100000,300000,N)")
+    p.add_argument("--binning", choices=("graphcut", "kmeans"), default="graphcut")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default="bench-results/data_scale.json")
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.n, args.dim)))
+        print(json.dumps(one(args.n, args.dim, args.binning)))
         return 0
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else sorted(
         {100_000, 300_000, args.n})
     results = []
     for n in sizes:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.data_scale", "--one", "--n",
-                               str(n), "--dim", str(args.dim)], capture_output=True, text=True)
+                               str(n), "--dim", str(args.dim), "--binning", args.binning],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             results.append({"n": n, "dim": args.dim, "error": proc.stderr.strip()[-2000:]})
         else:

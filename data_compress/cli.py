@@ -3,6 +3,7 @@
     distcomp-data inspect  --input DS
     distcomp-data embed    --input DS --output OUT [--column x] [--model pkg.mod:factory]
     distcomp-data quantize --input DS --output OUT --ratio 0.3 [--features emb] [--bins 10]
+                           [--binning graphcut|kmeans]
     distcomp-data prune    --input DS --output OUT --ratio 0.3 --method el2n
     distcomp-data dedup    --input DS --output OUT [--threshold 0.95]
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from data_compress import scores
-from data_compress.quantize import check_ratio, quantize
+from data_compress.quantize import BINNINGS, check_ratio, quantize
 from data_compress.shard import Shards
 from data_compress.storage import (
     DataError,
@@ -65,8 +66,13 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("quantize", help="dataset quantization: GraphCut bins per class")
     common(sp)
     sp.add_argument("--ratio", type=float, required=True)
-    sp.add_argument("--bins", type=int, default=10)
-    sp.add_argument("--method", choices=("auto", "exact", "knn"), default="auto")
+    sp.add_argument("--bins", type=int, default=None,
+                    help="bins per class (default: 10 GraphCut bins, or for k-means one bin "
+                         "per 3 kept samples)")
+    sp.add_argument("--binning", choices=BINNINGS, default="graphcut",
+                    help="graphcut: the paper's DQ; kmeans: compact k-means bins (a variant)")
+    sp.add_argument("--method", choices=("auto", "exact", "knn"), default="auto",
+                    help="GraphCut: exact gains, k-NN graph, or exact up to 20,000 per class")
     sp.add_argument("--k", type=int, default=32, help="neighbours for the k-NN variant")
     sp = sub.add_parser("prune", help="keep samples by a pruning score")
     common(sp)
@@ -106,6 +112,8 @@ def run(args) -> int:
     args.shards = shards = Shards()  # every rank validates alike, so all fail alike
     if hasattr(args, "ratio"):
         check_ratio(args.ratio)
+    if getattr(args, "bins", None) is not None and args.bins < 1:
+        raise ValueError(f"--bins must be >= 1, got {args.bins}")
     if getattr(args, "output", None):
         check_output(args.output, args.force)
     ds = load(args.input)
@@ -130,8 +138,9 @@ def run(args) -> int:
         params = {"embedding_column": args.embedding_column}
     elif args.command == "quantize":
         keep = quantize(features(ds, args, labels), labels, args.ratio, n_bins=args.bins,
-                        seed=args.seed, method=args.method, k=args.k)
-        params = {"ratio": args.ratio, "bins": args.bins, "method": args.method, "k": args.k}
+                        seed=args.seed, method=args.method, k=args.k, binning=args.binning)
+        params = {"ratio": args.ratio, "bins": args.bins, "binning": args.binning,
+                  "method": args.method, "k": args.k}
     elif args.command == "prune":
         keep = prune(ds, args, labels)
         if keep is None:

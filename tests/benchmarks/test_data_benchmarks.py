@@ -14,12 +14,12 @@ def test_data_quality_records(tmp_path):
     from benchmarks import data_quality
 
     out = tmp_path / "q.json"
-    assert data_quality.main(["--datasets", "digits", "--methods", "random,dq,el2n", "--seeds",
-                              "2", "--steps", "60", "--probe-epochs", "2", "--json",
+    assert data_quality.main(["--datasets", "digits", "--methods", "random,dq,dq-kmeans,el2n",
+                              "--seeds", "2", "--steps", "60", "--probe-epochs", "2", "--json",
                               str(out)]) == 0
     payload = json.loads(out.read_text())
     results = payload["results"]
-    assert len(results) == 3 * 3  # methods x ratios
+    assert len(results) == 4 * 3  # methods x ratios
     config = payload["config"]
     assert config["data_sha256"]["digits"] == data_quality.fingerprint(
         data_quality.load("digits", "test"))

@@ -77,6 +77,17 @@ def test_prune_methods_keep_exact_class_counts(digits, tmp_path, method):
         class_targets(labels, 0.2)
 
 
+def test_quantize_with_kmeans_bins(digits, tmp_path):
+    out = tmp_path / "km"
+    assert run("quantize", "--input", digits, "--output", out, "--ratio", 0.2, "--binning",
+               "kmeans", "--epochs", 3) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    labels = datasets.load_from_disk(str(digits)).with_format("numpy")["label"]
+    assert manifest["parameters"]["binning"] == "kmeans"
+    assert {int(c): v["kept"] for c, v in manifest["counts_per_class"].items()} == \
+        class_targets(labels, 0.2)
+
+
 def test_embed_then_quantize_and_dedup_on_the_embedding(digits, tmp_path):
     emb = tmp_path / "emb"
     assert run("embed", "--input", digits, "--output", emb, "--epochs", 2) == 0
@@ -123,6 +134,7 @@ def test_bad_inputs_are_refused_cleanly(digits, tmp_path, capsys):
     assert "no column 'emb'" in bad(capsys, tmp_path, *q, "--ratio", 0.3, "--features", "emb")
     for ratio in (0, 1.5, -1):
         assert "ratio" in bad(capsys, tmp_path, *q, "--ratio", ratio)
+    assert "--bins" in bad(capsys, tmp_path, *q, "--ratio", 0.3, "--bins", 0)
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     assert "cannot read" in bad(capsys, tmp_path, "prune", "--input",
                                 tmp_path / "broken.parquet", "--output", out, "--ratio",

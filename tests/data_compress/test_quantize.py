@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_compress.quantize import class_targets, quantize, split_quota
+from data_compress.quantize import class_targets, kmeans_bins, kmeans_pp, quantize, split_quota
 
 
 def data(n: int = 900, seed: int = 0):
@@ -60,3 +60,54 @@ def test_bad_ratio_raises(ratio):
 def test_mismatched_shapes_raise():
     with pytest.raises(ValueError, match="features"):
         quantize(np.ones((5, 2)), np.zeros(4, int), 0.5)
+
+
+def blobs(groups: int = 12, size: int = 20, seed: int = 0):
+    """``groups`` tight, well-separated blobs of ``size`` points each (one class)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(groups, 8)) * 20
+    x = np.repeat(centers, size, 0) + rng.normal(size=(groups * size, 8)) * 0.1
+    return x, np.repeat(np.arange(groups), size)
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.1, 0.3, 1.0])
+def test_kmeans_binning_keeps_exact_class_counts(ratio):
+    x, labels = data()
+    keep = quantize(x, labels, ratio, binning="kmeans")
+    assert np.all(np.diff(keep) > 0)
+    assert {c: int((labels[keep] == c).sum()) for c in range(3)} == class_targets(labels, ratio)
+
+
+def test_kmeans_binning_is_deterministic_given_the_seed():
+    x, labels = data()
+    a = quantize(x, labels, 0.2, binning="kmeans", seed=3)
+    assert np.array_equal(a, quantize(x, labels, 0.2, binning="kmeans", seed=3))
+    assert not np.array_equal(a, quantize(x, labels, 0.2, binning="kmeans", seed=4))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kmeans_bins_find_separated_groups(seed):
+    x, blob = blobs(seed=seed)
+    bins = kmeans_bins(x, 12, seed=seed)
+    assert sorted(len(b) for b in bins) == [20] * 12
+    assert all(len(set(blob[b].tolist())) == 1 for b in bins)  # no bin mixes two blobs
+    # default bins: one per 3 kept samples, so 36 kept = 3 from every blob (random: uneven)
+    keep = quantize(x, np.zeros(len(x), int), 0.15, binning="kmeans", seed=seed)
+    assert np.bincount(blob[keep], minlength=12).tolist() == [3] * 12
+
+
+def test_kmeans_pp_spreads_its_seeds():
+    x, blob = blobs(groups=5, size=50)
+    for seed in range(5):
+        assert len(set(blob[kmeans_pp(x, 5, np.random.default_rng(seed))].tolist())) == 5
+
+
+def test_bad_binning_and_bins_raise():
+    x, labels = data(30)
+    with pytest.raises(ValueError, match="binning"):
+        quantize(x, labels, 0.5, binning="louvain")
+    assert len(quantize(x, labels, 0.5, n_bins=np.int64(2))) == \
+        sum(class_targets(labels, 0.5).values())  # numpy integers are fine
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="n_bins"):
+            quantize(x, labels, 0.5, n_bins=bad)
