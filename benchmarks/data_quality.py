@@ -15,8 +15,9 @@ per-class counts for every method) and a fixed model is trained on the subset fo
 number of steps, then scored once on the test set: the final model, never the best checkpoint.
 Seeds are paired: method and random share the seed's probe, split and model initialisation.
 Seeds run in ``--jobs`` processes; results do not depend on it. Records: {"dataset", "method",
-"ratio", "split", "acc_mean", "acc_std", "diff_vs_random", "wins", "seeds", "spacing_mean",
-"spacing_diff_vs_random"} (spacing: see :func:`spacing`).
+"ratio", "split", "acc_mean", "acc_std", "diff_vs_random", "diff_ci95", "wins", "seeds",
+"accs", "spacing_mean", "spacing_diff_vs_random"}: accs per seed in seed order, diff_ci95 see
+:func:`ci95`, spacing see :func:`spacing`.
 
 Settings are chosen with ``--split val`` (a fifth of the training set held out, other seeds),
 never on the test set: that is how :data:`AUTO_FEATURES` was chosen.
@@ -257,12 +258,22 @@ def run(dataset: str, seeds: int, methods, ratios, steps: int, probe_epochs: int
         records.append({
             "dataset": dataset, "method": method, "ratio": ratio, "split": split,
             "acc_mean": float(v.mean()), "acc_std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "diff_vs_random": float((v - base).mean()),
-            "wins": int((v > base).sum()), "seeds": len(v),
+            "diff_vs_random": float((v - base).mean()), "diff_ci95": ci95(v - base),
+            "wins": int((v > base).sum()), "seeds": len(v), "accs": v.tolist(),
             "spacing_mean": float(gap[(method, ratio)].mean()),
             "spacing_diff_vs_random": float((gap[(method, ratio)] - gap[("random", ratio)]).mean()),
         })
     return records
+
+
+def ci95(diffs: np.ndarray) -> float:
+    """Half-width of the 95% confidence interval of the mean of paired differences (Student t,
+    n - 1 degrees of freedom): the mean difference is "better than random" only when it exceeds
+    this. 0 for a single seed."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    return float(t.ppf(0.975, n - 1) * diffs.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,13 +30,17 @@ def quality(payload: dict, path: str) -> list[str]:
     where = "test set" if cfg.get("split", "test") == "test" else \
         "validation split (a fifth of the training set; seeds from 100)"
     models = ", ".join(f"{d}: {m}" for d, m in cfg["models"].items())
+    with_ci = all("diff_ci95" in r for r in payload["results"])
     lines = [f"Accuracy of the fixed model ({models}) trained on the subset, {where}, final "
              f"model; {_features(cfg)}; mean ± std over {cfg['seeds']} paired "
-             f"seeds, difference to random in points and wins out of {cfg['seeds']}. Command: "
+             f"seeds, difference to random in points"
+             + (" ± the half-width of its 95% confidence interval (paired t)" if with_ci else "")
+             + f" and wins out of {cfg['seeds']}. Command: "
              f"`{cfg['command']}` → `{path}` ({cfg['seconds']:.0f} s)", ""]
     lines += _table(payload["results"], cfg["ratios"], lambda r: (
         f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f}",
-        f" ({100 * r['diff_vs_random']:+.1f}, {r['wins']}/{r['seeds']})"))
+        f" ({100 * r['diff_vs_random']:+.1f}"
+        + (f" ± {100 * r['diff_ci95']:.1f}" if with_ci else "") + f", {r['wins']}/{r['seeds']})"))
     if all("spacing_mean" in r for r in payload["results"]):
         lines += ["", "Spacing of the kept samples in the same run: mean distance from each to "
                   "the nearest other kept sample of its class (standardised input units), "

@@ -29,10 +29,22 @@ def test_data_quality_records(tmp_path):
     assert set(packages) == set(data_quality.PACKAGES) and packages["numpy"] == np.__version__
     keys = {"dataset", "method", "ratio", "acc_mean", "acc_std", "diff_vs_random", "wins",
             "seeds"}
+    random = {r["ratio"]: np.array(r["accs"]) for r in results if r["method"] == "random"}
     for r in results:
         assert keys <= set(r) and r["seeds"] == 2 and 0 <= r["acc_mean"] <= 1
         if r["method"] == "random":
-            assert r["diff_vs_random"] == 0 and r["wins"] == 0
+            assert r["diff_vs_random"] == 0 and r["wins"] == 0 and r["diff_ci95"] == 0
+        accs = np.array(r["accs"])  # the per-seed figures the summaries come from
+        assert r["acc_mean"] == pytest.approx(accs.mean())
+        assert r["diff_ci95"] == pytest.approx(data_quality.ci95(accs - random[r["ratio"]]))
+
+
+def test_ci95_is_the_paired_t_half_width():
+    from benchmarks.data_quality import ci95
+
+    # diffs 1, 2, 3: sd 1, n 3, t(0.975, 2) = 4.3027
+    assert ci95(np.array([1.0, 2.0, 3.0])) == pytest.approx(4.3027 / np.sqrt(3), rel=1e-4)
+    assert ci95(np.array([0.5])) == 0.0
 
 
 def test_data_scale_records(tmp_path):
@@ -106,6 +118,10 @@ def test_report_says_which_split_and_which_features():
                     "results": results}, "t.json")
     assert "test set" in test[0] and "kcenter: the standardised inputs" in test[0]
     assert test[-1] == "| digits | kcenter | 90.0 ± 1.0 (+2.0, 2/2) |"
+    with_ci = quality({"config": {**cfg, "features": "input"}, "results": [
+        {**r, "diff_ci95": 0.015} for r in results]}, "t.json")
+    assert "95% confidence" in with_ci[0] and "95% confidence" not in test[0]
+    assert with_ci[-1] == "| digits | kcenter | 90.0 ± 1.0 (+2.0 ± 1.5, 2/2) |"
     assert not any("Spacing" in line for line in test)  # records without spacing: no table
     spaced = [{**r, "spacing_mean": 4.5 + (r["method"] == "kcenter"),
                "spacing_diff_vs_random": float(r["method"] == "kcenter")} for r in results]
