@@ -11,6 +11,7 @@ under random sampling; GraphCut bins are diverse by construction, so near neighb
 different bins and the draw does not thin them out. ``binning="kmeans"`` is a variant (not the
 paper's): compact bins from k-means, one per ``KMEANS_PER_BIN`` kept samples, so neighbours
 share a bin and compete for its few draws - stratified sampling over the class's regions.
+Neither beat random sampling on mnist1d's test set (README, "Dataset compression").
 """
 
 from __future__ import annotations
