@@ -152,7 +152,7 @@ def select(method: str, ratio: float, x, y, dyn, seed: int, features: str = "aut
     if method == "random":
         return scores.random(y, ratio, seed=seed)
     if method == "dq":
-        return quantize(emb, y, ratio, n_bins=10, seed=seed)
+        return quantize(emb, y, ratio, seed=seed)
     if method == "dq-kmeans":
         return quantize(emb, y, ratio, seed=seed, binning="kmeans")
     if method == "el2n":

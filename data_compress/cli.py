@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from data_compress import scores
-from data_compress.quantize import BINNINGS, check_ratio, quantize
+from data_compress.quantize import BINNINGS, check_bins, check_ratio, quantize
 from data_compress.shard import Shards
 from data_compress.storage import (
     DataError,
@@ -112,8 +112,7 @@ def run(args) -> int:
     args.shards = shards = Shards()  # every rank validates alike, so all fail alike
     if hasattr(args, "ratio"):
         check_ratio(args.ratio)
-    if getattr(args, "bins", None) is not None and args.bins < 1:
-        raise ValueError(f"--bins must be >= 1, got {args.bins}")
+    check_bins(getattr(args, "bins", None), "--bins")
     if getattr(args, "output", None):
         check_output(args.output, args.force)
     ds = load(args.input)

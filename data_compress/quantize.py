@@ -34,6 +34,13 @@ def check_ratio(ratio: float) -> None:
         raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
 
 
+def check_bins(n_bins: int | None, name: str = "n_bins") -> None:
+    """Raise ValueError unless ``n_bins`` is None (the default count) or a positive integer."""
+    if n_bins is not None and (isinstance(n_bins, bool) or not isinstance(n_bins, Integral)
+                               or n_bins < 1):
+        raise ValueError(f"{name} must be a positive integer, got {n_bins!r}")
+
+
 def class_targets(labels: np.ndarray, ratio: float) -> dict:
     """Samples kept per class: round(ratio * n_c), at least one. Raises on a bad ratio."""
     check_ratio(ratio)
@@ -74,9 +81,7 @@ def quantize(features: np.ndarray, labels: np.ndarray, ratio: float, *,
         raise ValueError(f"method must be 'auto', 'exact' or 'knn', got {method!r}")
     if binning not in BINNINGS:
         raise ValueError(f"binning must be one of {BINNINGS}, got {binning!r}")
-    if n_bins is not None and (isinstance(n_bins, bool) or not isinstance(n_bins, Integral)
-                               or n_bins < 1):
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    check_bins(n_bins)
     targets = class_targets(labels, ratio)
     kept = []
     for c_index, (c, target) in enumerate(sorted(targets.items())):
@@ -130,7 +135,16 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
             cum = np.cumsum(d2)
             pick = np.searchsorted(cum, rng.random() * cum[-1], side="right")
             chosen[j] = min(int(pick), n - 1)
-        c = x[chosen[j]]
-        dist = sq - 2.0 * (x @ c) + float(c @ c)  # ||x - c||^2 without an (n, d) temporary
-        np.minimum(d2, np.maximum(dist, 0.0), out=d2)
+        fold_sq_dist(x, sq, x[chosen[j]], d2)
+        np.maximum(d2, 0.0, out=d2)  # rounding can leave a chosen row slightly below zero
     return chosen
+
+
+def fold_sq_dist(x: np.ndarray, sq: np.ndarray, c: np.ndarray, near: np.ndarray,
+                 chunk: int = 65536) -> None:
+    """``near`` (n,) <- min(near, ||x_i - c||^2) in place, for rows ``x`` (n, d) whose squared
+    norms are ``sq`` (n,): the running distance to the nearest centre that k-means++ seeding
+    and k-center greedy both keep. Chunks of ``chunk`` rows, so no (n, d) temporary."""
+    for i in range(0, len(x), chunk):
+        d = sq[i:i + chunk] - 2 * (x[i:i + chunk] @ c) + c @ c
+        np.minimum(near[i:i + chunk], d, out=near[i:i + chunk])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_compress.graphcut import unit_rows
-from data_compress.quantize import check_ratio, class_targets
+from data_compress.quantize import check_ratio, class_targets, fold_sq_dist
 
 
 # -- scores from training dynamics (see data_compress.dynamics) ---------------------------------
@@ -126,10 +126,7 @@ def k_center(features: np.ndarray, labels: np.ndarray, ratio: float, *, seed: in
         chosen = []
         for _ in range(budget):
             chosen.append(pick)
-            c = sub[pick]
-            for i in range(0, len(sub), chunk):
-                d = sq[i:i + chunk] - 2 * (sub[i:i + chunk] @ c) + c @ c
-                np.minimum(near[i:i + chunk], d, out=near[i:i + chunk])
+            fold_sq_dist(sub, sq, sub[pick], near, chunk)
             near[chosen] = -np.inf
             pick = int(np.argmax(near))
         kept.append(members[chosen])
