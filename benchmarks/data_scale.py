@@ -35,14 +35,14 @@ def synthetic(n: int, dim: int, seed: int = 0, classes: int = 10, modes: int = 2
 
 
 def one(n: int, dim: int, binning: str = "graphcut") -> dict:
-    from data_compress.quantize import EXACT_LIMIT, quantize
+    from data_compress.quantize import graphcut_method, quantize
 
     x, labels = synthetic(n, dim)
     start = time.perf_counter()
     keep = quantize(x, labels, 0.1, seed=0, binning=binning)
     seconds = time.perf_counter() - start
     per_class = int(np.bincount(labels).max())
-    method = "kmeans" if binning == "kmeans" else "exact" if per_class <= EXACT_LIMIT else "knn"
+    method = "kmeans" if binning == "kmeans" else graphcut_method("auto", per_class)
     return {"n": n, "dim": dim, "seconds": round(seconds, 2),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "method": method, "kept": int(len(keep))}

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from data_compress import scores
-from data_compress.quantize import BINNINGS, check_bins, check_ratio, quantize
+from data_compress.quantize import BINNINGS, EXACT_LIMIT, check_bins, check_ratio, quantize
 from data_compress.shard import Shards
 from data_compress.storage import (
     DataError,
@@ -72,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--binning", choices=BINNINGS, default="graphcut",
                     help="graphcut: the paper's DQ; kmeans: compact k-means bins (a variant)")
     sp.add_argument("--method", choices=("auto", "exact", "knn"), default="auto",
-                    help="GraphCut: exact gains, k-NN graph, or exact up to 20,000 per class")
+                    help="GraphCut: exact gains, k-NN graph, or (auto) exact up to "
+                         f"{EXACT_LIMIT:,} per class")
     sp.add_argument("--k", type=int, default=32, help="neighbours for the k-NN variant")
     sp = sub.add_parser("prune", help="keep samples by a pruning score")
     common(sp)

@@ -61,6 +61,14 @@ def split_quota(total: int, sizes: list[int]) -> list[int]:
     return quota
 
 
+def graphcut_method(method: str, class_size: int) -> str:
+    """The GraphCut variant a class of ``class_size`` samples gets: ``method``, or for "auto"
+    exact gains up to ``EXACT_LIMIT`` samples and the k-NN graph above."""
+    if method != "auto":
+        return method
+    return "exact" if class_size <= EXACT_LIMIT else "knn"
+
+
 def quantize(features: np.ndarray, labels: np.ndarray, ratio: float, *,
              n_bins: int | None = None, seed: int = 0, method: str = "auto", k: int = 32,
              binning: str = "graphcut") -> np.ndarray:
@@ -90,10 +98,8 @@ def quantize(features: np.ndarray, labels: np.ndarray, ratio: float, *,
             count = n_bins or max(1, round(target / KMEANS_PER_BIN))
             bins = kmeans_bins(features[members], min(count, len(members)), seed=seed)
         else:
-            how = method if method != "auto" else (
-                "exact" if len(members) <= EXACT_LIMIT else "knn")
             bins = graphcut_bins(features[members], min(n_bins or GRAPHCUT_BINS, len(members)),
-                                 method=how, k=k)
+                                 method=graphcut_method(method, len(members)), k=k)
         rng = np.random.default_rng([seed, c_index])
         for b, q in zip(bins, split_quota(target, [len(b) for b in bins])):
             kept.append(members[np.sort(b)[rng.permutation(len(b))[:q]]])
