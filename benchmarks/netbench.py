@@ -1,14 +1,23 @@
-"""Two hosts, one slow link: every communication method measured by the same wire.
+"""Two hosts, one slow link: every communication method measured by the same wire, and judged
+by time to accuracy.
 
     sudo python -m benchmarks.netbench [--quick] [--bandwidth 100mbit|none] [--burst 1mbit]
-        [--delay 20ms] [--arms local,allreduce,...] [--workloads lm,cnn] [--json PATH] [--plot PATH]
+        [--delay 20ms] [--arms local,allreduce,...] [--workloads lm,cnn,resnet] [--json PATH]
 
 Two network namespaces joined by a veth pair shaped with tc tbf (see benchmarks/netns.py) each
 run one training rank under ``torchrun --nnodes=2`` (c10d rendezvous on host A's address, gloo on
 the veth). For every workload and arm, same seed, data and steps: wire bytes per timed step from
 host A's veth counters (tx + rx, headers included), the payload bytes our ledger counts, the
-median step time (slowest rank) and the loss curve. An arm that crashes or hangs is recorded with
-``status: "error"`` and what it printed, never dropped. Writes JSON, a PNG plot and one line.
+median step time (slowest rank) and the loss curve.
+
+Accuracy: plain DDP (``allreduce``) runs first and sets the target, its smoothed loss (mean of
+the last k = steps/10 steps) at the end of its run. Every arm reports its loss at equal steps
+(the same mean at the same step) and ``time_to_target_s``, the wall-clock seconds until its
+smoothed loss first reaches the target; arms may run on past the equal-steps point, up to twice
+allreduce's steps, to get there (``null`` with the reason where they do not). An arm that
+crashes or hangs is recorded with ``status: "error"`` and what it printed, never dropped.
+An arm may carry its own setting, ``ARM@SETTING`` (``lgreco_topk@0.003``). Writes JSON, a PNG
+plot (bytes, step time, loss against steps and against wall-clock) and one line.
 """
 
 from __future__ import annotations
@@ -23,21 +32,24 @@ import time
 from pathlib import Path
 
 from benchmarks.common import environment, reap, write_json
-from benchmarks.netbench_worker import ARMS, CO2_ARMS, LGRECO_ARMS
+from benchmarks.netbench_worker import ARMS, CO2_ARMS, FIXED_ARMS, LGRECO_ARMS, split_arm
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 from benchmarks.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 LGRECO_BASE = [(arm, family) for arm, (family, _) in LGRECO_ARMS.items()]
-CORE_ARMS = [a for a in ARMS if a not in LGRECO_ARMS and a not in CO2_ARMS]
-STEPS = {"full": {"lm": 50, "cnn": 200}, "quick": {"lm": 7, "cnn": 16}}
+CORE_ARMS = [a for a in ARMS if a not in LGRECO_ARMS and a not in CO2_ARMS
+             and a not in FIXED_ARMS]
+STEPS = {"full": {"lm": 150, "cnn": 300, "resnet": 600},
+         "quick": {"lm": 7, "cnn": 16, "resnet": 16}}
+PAST_TARGET = 2.0  # arms may run up to this many times allreduce's steps to reach its loss
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arms", default=",".join(CORE_ARMS),
                    help=f"comma list from: {','.join(ARMS)}; or 'all' (default: the core arms)")
-    p.add_argument("--workloads", default="lm,cnn")
+    p.add_argument("--workloads", default="lm,resnet")
     p.add_argument("--bandwidth", default="100mbit", help="tc rate, or 'none' for no shaping")
     p.add_argument("--burst", default=None,
                    help="tbf bucket, e.g. '1mbit' (default: the smallest that works for the rate)")
@@ -45,9 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="few steps: under 5 minutes")
     p.add_argument("--steps", type=int, default=None, help="override steps for every workload")
     p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps at the start")
-    p.add_argument("--rank", type=int, default=4, help="PowerSGD rank (ours and torch's)")
-    p.add_argument("--density", type=float, default=0.01, help="top-k density")
-    p.add_argument("--bits", type=int, default=4, help="QSGD bits")
+    p.add_argument("--rank", type=int, default=None,
+                   help="PowerSGD rank, ours and torch's (default: the library's)")
+    p.add_argument("--density", type=float, default=None,
+                   help="top-k density (default: the library's)")
+    p.add_argument("--bits", type=int, default=None, help="QSGD bits (default: the library's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tau", type=int, default=4, help="local steps per co2 / diloco round")
     p.add_argument("--arm-timeout", type=float, default=None,
@@ -60,10 +74,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.arms = ARMS if args.arms == "all" else [a for a in args.arms.split(",") if a]
     args.workloads = [w for w in args.workloads.split(",") if w]
-    bad = [a for a in args.arms if a not in ARMS]
-    bad += [w for w in args.workloads if w not in WORKLOADS]
+    for arm in args.arms:
+        try:
+            split_arm(arm)
+        except ValueError as err:
+            p.error(str(err))
+    bad = [w for w in args.workloads if w not in WORKLOADS]
     if bad:
-        p.error(f"unknown arms/workloads {bad}; arms: {ARMS}, workloads: {sorted(WORKLOADS)}")
+        p.error(f"unknown workloads {bad}; choose from {sorted(WORKLOADS)}")
+    # allreduce first: its loss is every other arm's target
+    args.arms = sorted(args.arms, key=lambda a: a != "allreduce")
     if args.steps is not None and args.steps <= args.warmup_steps:
         p.error("--steps must exceed --warmup-steps")
     args.bandwidth = None if args.bandwidth.lower() == "none" else args.bandwidth
@@ -77,9 +97,21 @@ def steps_for(args, workload: str) -> int:
     return args.steps or STEPS["quick" if args.quick else "full"][workload]
 
 
-def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: Path) -> dict:
-    """Start both ranks in their namespaces, wait (bounded), and merge what they wrote."""
+def smooth_for(steps: int) -> int:
+    """k, the steps in the smoothed loss: a tenth of the run, at least 5."""
+    return max(5, steps // 10)
+
+
+def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: Path,
+            target: float | None) -> dict:
+    """Start both ranks in their namespaces, wait (bounded), and merge what they wrote.
+    ``target``: allreduce's smoothed loss; the arm may run on until it reaches it."""
     steps = steps_for(args, workload)
+    chase = target is not None and arm not in ("local", "allreduce")
+    extra = [f"--max-steps={int(PAST_TARGET * steps)}", f"--target-loss={target}"] if chase \
+        else []
+    knobs = [f"--{k}={getattr(args, k)}" for k in ("rank", "density", "bits")
+             if getattr(args, k) is not None]
     port = 29400 + index
     procs, logs = {}, {}
     for host in ("a", "b"):
@@ -94,7 +126,7 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
             "--max_restarts=0", "-m", "benchmarks.netbench_worker",
             f"--workload={workload}", f"--arm={arm}", f"--data={args.data}",
             f"--out={out_dir}", f"--steps={steps}", f"--warmup-steps={args.warmup_steps}",
-            f"--rank={args.rank}", f"--density={args.density}", f"--bits={args.bits}",
+            f"--smooth={smooth_for(steps)}", *extra, *knobs,
             f"--seed={args.seed}", f"--timeout={args.arm_timeout}",
             f"--lgreco-warmup={max(4, args.warmup_steps)}",
             f"--lgreco-period={max(4, (steps - args.warmup_steps) // 3)}", "--lgreco-window=4",
@@ -114,7 +146,7 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
     if any(codes.values()):
         return {**base, "status": "error", "error": f"exit codes {codes}: " + error_excerpt(texts),
                 "log_tail": {h: t.splitlines()[-40:] for h, t in texts.items()}}
-    return {**base, **merge(out_dir, workload, arm)}
+    return {**base, **merge(out_dir, workload, arm, steps, target)}
 
 
 def watch(procs: dict, out_dir: Path, pattern: str, args) -> str | None:
@@ -149,12 +181,11 @@ def error_excerpt(texts: dict[str, str], limit: int = 600) -> str:
     return " | ".join(lines)[:limit] or "no output"
 
 
-def merge(out_dir: Path, workload: str, arm: str) -> dict:
+def merge(out_dir: Path, workload: str, arm: str, steps: int, target: float | None) -> dict:
     recs = [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{workload}-{arm}-rank*.json"))]
     host_a = next(r for r in recs if r["host"] == "a")
     timed = host_a["timed_steps"]
     curve = host_a["losses"]
-    tail = curve[-max(1, len(curve) // 5):]
     wire = (host_a["tx_bytes"] + host_a["rx_bytes"]) / timed
     ledger = host_a["ledger_bytes_per_step"]
     return {
@@ -165,7 +196,7 @@ def merge(out_dir: Path, workload: str, arm: str) -> dict:
         "step_time_s": host_a["step_time_s"],
         "mean_step_time_s": host_a["mean_step_time_s"],
         "wall_step_time_s": host_a.get("wall_step_time_s"),
-        "final_loss": sum(tail) / len(tail),
+        **accuracy(curve, host_a["clock_s"], steps, target),
         "timed_steps": timed,
         "params": host_a["params"],
         "dense_bytes": host_a["dense_bytes"],
@@ -179,6 +210,37 @@ def merge(out_dir: Path, workload: str, arm: str) -> dict:
     }
 
 
+def smoothed(curve: list[float], k: int) -> list[float]:
+    """Trailing mean over k steps (over the steps so far for the first k - 1)."""
+    out, total = [], 0.0
+    for i, x in enumerate(curve):
+        total += x - (curve[i - k] if i >= k else 0.0)
+        out.append(total / min(i + 1, k))
+    return out
+
+
+def accuracy(curve: list[float], clock: list[float], steps: int, target: float | None) -> dict:
+    """Loss at equal steps (smoothed loss at step ``steps``) and time to ``target``: the clock
+    at the first step whose smoothed loss is <= target (None, with the reason, if none is).
+    Without a target (no allreduce arm, or allreduce itself) the target is this arm's own
+    loss at equal steps."""
+    k = smooth_for(steps)
+    smooth = smoothed(curve, k)
+    at_equal = smooth[min(steps, len(smooth)) - 1]
+    goal = at_equal if target is None else target
+    hit = next((i for i, x in enumerate(smooth) if i >= k - 1 and x <= goal), None)
+    why = None
+    if hit is None:
+        why = (f"smoothed loss {smooth[-1]:.4g} after {len(curve)} steps "
+               f"({len(curve) / steps:.2g}x allreduce's) is above the target {goal:.4g}")
+    return {
+        "loss_at_equal_steps": at_equal, "equal_steps": steps, "smooth_steps": k,
+        "target_loss": goal, "steps_run": len(curve),
+        "time_to_target_s": None if hit is None else clock[hit],
+        "steps_to_target": None if hit is None else hit + 1, "time_to_target_why": why,
+    }
+
+
 def _mean(values: list[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -189,19 +251,28 @@ def figures(results: list[dict]) -> dict:
 
     def ratio(workload, a, b, key):
         ra, rb = by.get((workload, a)), by.get((workload, b))
-        return ra[key] / rb[key] if ra and rb and rb[key] else None
+        ok = ra and rb and ra.get(key) is not None and rb.get(key)
+        return ra[key] / rb[key] if ok else None
 
     wire, time_ = "wire_bytes_per_step", "step_time_s"
+    compressed = [a for a in ARMS if a not in ("local", "allreduce")]
     return {
         w: {
+            # time to accuracy: every arm against plain DDP, in the same run
+            **{f"{a}_over_allreduce_loss": ratio(w, a, "allreduce", "loss_at_equal_steps")
+               for a in compressed},
+            **{f"{a}_over_allreduce_time_to_target":
+               ratio(w, a, "allreduce", "time_to_target_s") for a in compressed},
+            "powersgd_fixed_over_torch_powersgd_loss":
+                ratio(w, "powersgd_fixed", "torch_powersgd", "loss_at_equal_steps"),
+            "powersgd_over_torch_powersgd_loss":
+                ratio(w, "powersgd", "torch_powersgd", "loss_at_equal_steps"),
             "powersgd_over_allreduce_wire": ratio(w, "powersgd", "allreduce", wire),
             "powersgd_over_allreduce_time": ratio(w, "powersgd", "allreduce", time_),
             "powersgd_over_torch_fp16_time": ratio(w, "powersgd", "torch_fp16", time_),
             "powersgd_over_torch_powersgd_time": ratio(w, "powersgd", "torch_powersgd", time_),
             **{f"{lg}_over_{base}_wire": ratio(w, lg, base, wire) for lg, base in LGRECO_BASE},
             **{f"{lg}_over_{base}_time": ratio(w, lg, base, time_) for lg, base in LGRECO_BASE},
-            **{f"{a}_over_allreduce_loss": ratio(w, a, "allreduce", "final_loss")
-               for a in ("powersgd", "topk", "qsgd", *LGRECO_ARMS, *CO2_ARMS)},
             # local-updating arms: mean step time (boundary steps included), and wall-clock
             # per step (ranks drift apart between rounds, so a per-step max over ranks
             # counts each rank's jitter; the job's elapsed time does not), overlap ratio
@@ -234,8 +305,11 @@ def summary_line(payload: dict, path: str) -> str:
     parts = []
     for r in payload["results"]:
         if r["status"] == "ok":
+            tta = r.get("time_to_target_s")
             parts.append(f"{r['workload']}/{r['arm']} {r['step_time_s']:.2f}s "
-                         f"{r['wire_bytes_per_step'] / 1e6:.2f}MB")
+                         f"{r['wire_bytes_per_step'] / 1e6:.2f}MB "
+                         f"loss {r['loss_at_equal_steps']:.3f} "
+                         f"target {'never' if tta is None else f'{tta:.0f}s'}")
         else:
             parts.append(f"{r['workload']}/{r['arm']} ERROR")
     return f"netbench {cfg['bandwidth'] or 'unshaped'}: " + ", ".join(parts) + f" -> {path}"
@@ -254,10 +328,16 @@ def main(argv=None) -> int:
     with net, tempfile.TemporaryDirectory() as tmp:
         index = 0
         for workload in args.workloads:
+            target = None
             for arm in args.arms:
-                rec = run_arm(net, args, workload, arm, index, Path(tmp))
+                rec = run_arm(net, args, workload, arm, index, Path(tmp), target)
                 index += 1
                 results.append(rec)
+                if arm == "allreduce" and rec["status"] == "ok":
+                    target, ref = rec["loss_at_equal_steps"], rec["time_to_target_s"]
+                if target is not None and rec["status"] == "ok":
+                    tta = rec["time_to_target_s"]
+                    rec["time_to_target_over_allreduce"] = None if tta is None else tta / ref
                 status = "ok" if rec["status"] == "ok" else rec["error"][:200]
                 print(f"  {workload}/{arm}: {status}", file=sys.stderr, flush=True)
     payload = {

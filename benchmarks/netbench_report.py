@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from benchmarks.common import replace_block
+from benchmarks.netbench import smoothed
 from benchmarks.netns import default_burst
 
 START, END = "<!-- netbench:start -->", "<!-- netbench:end -->"
@@ -45,19 +46,30 @@ def plot(payload: dict, path: str) -> None:
                          rotation=30, fontsize=8)
         for r in recs:
             curve = payload["curves"].get(f"{w}/{r['arm']}")
-            if curve:
-                row[2].plot(curve, label=r["arm"], color=_color(r["arm"]))
+            clock = payload.get("clocks", {}).get(f"{w}/{r['arm']}")
+            if not curve:
+                continue
+            k = r.get("smooth_steps") or 1
+            smooth = smoothed(curve, k)
+            row[2].plot(range(1, len(smooth) + 1), smooth, label=r["arm"], color=_color(r["arm"]))
+            if clock:
+                row[3].plot(clock, smooth, label=r["arm"], color=_color(r["arm"]))
+                if r.get("time_to_target_s") is not None:
+                    row[3].plot([r["time_to_target_s"]], [r["target_loss"]], "o",
+                                color=_color(r["arm"]))
         if not row[2].lines:
             row[2].text(0.5, 0.5, "no loss curves", ha="center", transform=row[2].transAxes)
-        row[2].set_xlabel("step")
-        row[2].set_ylabel("training loss")
-        for r in recs:
-            curve = payload["curves"].get(f"{w}/{r['arm']}")
-            clock = payload.get("clocks", {}).get(f"{w}/{r['arm']}")
-            if curve and clock:
-                row[3].plot(clock, curve, label=r["arm"], color=_color(r["arm"]))
-        row[3].set_xlabel("wall-clock (s)")
-        row[3].set_ylabel("training loss")
+        target = next((r.get("target_loss") for r in recs if r["arm"] == "allreduce"
+                       and r["status"] == "ok"), None)
+        for ax in row[2:]:
+            if target is not None:
+                ax.axhline(target, color="gray", linestyle=":", linewidth=1)
+            ax.set_ylabel(f"training loss (mean of {recs[0].get('smooth_steps') or 1} steps)")
+        equal = payload["config"]["steps"].get(w)
+        if equal:
+            row[2].axvline(equal, color="gray", linestyle=":", linewidth=1)
+        row[2].set_xlabel("step (dotted: allreduce's steps and final loss, the target)")
+        row[3].set_xlabel("wall-clock (s); dots: target reached")
         for ax in row[2:]:
             if ax.lines:
                 ax.legend(fontsize=7)
@@ -66,12 +78,73 @@ def plot(payload: dict, path: str) -> None:
     _save(fig, path)
     if payload.get("plans"):
         plot_plans(payload, str(Path(path).with_name(Path(path).stem + "-plans.png")))
+    plot_frontier(payload, str(Path(path).with_name(Path(path).stem + "-frontier.png")))
 
 
 def _color(arm: str) -> str:
     from benchmarks.netbench_worker import ARMS
 
-    return f"C{ARMS.index(arm) % 10}" if arm in ARMS else "black"
+    name = arm.partition("@")[0]
+    return f"C{ARMS.index(name) % 10}" if name in ARMS else "black"
+
+
+def plot_frontier(payload: dict, path: str) -> None:
+    """Per workload and family: bytes per step against loss at equal steps and against time
+    to target, the uniform arms (``topk@0.003``...) and the adaptive ones (``lgreco_topk@...``)
+    each joined into a line: a frontier that lies lower-left is the better one."""
+    import matplotlib.pyplot as plt
+
+    points = frontier_points(payload)
+    if not points:
+        return
+    keys = sorted(points)
+    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 4 * len(keys)), squeeze=False)
+    for (ax_loss, ax_time), key in zip(axes, keys):
+        for kind, marker in (("uniform", "s-"), ("adaptive", "o-")):
+            pts = sorted(points[key][kind])
+            if not pts:
+                continue
+            mb = [p[0] / 1e6 for p in pts]
+            ax_loss.plot(mb, [p[1] for p in pts], marker, label=kind)
+            timed = [(m, p[2]) for m, p in zip(mb, pts) if p[2] is not None]
+            if timed:
+                ax_time.plot(*zip(*timed), marker, label=kind)
+            for m, p in zip(mb, pts):
+                ax_loss.annotate(str(p[3]), (m, p[1]), fontsize=7)
+        ax_loss.set_xlabel("wire MB per step")
+        ax_loss.set_ylabel("loss at equal steps")
+        ax_time.set_xlabel("wire MB per step")
+        ax_time.set_ylabel("time to allreduce's loss (s)")
+        ax_loss.set_title(f"{key[0]}: {key[1]}")
+        for ax in (ax_loss, ax_time):
+            ax.set_xscale("log")
+            if ax.lines:
+                ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def frontier_points(payload: dict) -> dict:
+    """(workload, family) -> {"uniform": [...], "adaptive": [...]}, each point (wire bytes per
+    step, loss at equal steps, time to target or None, setting), from the arms run at an
+    explicit setting (``ARM@SETTING``)."""
+    from benchmarks.netbench_worker import LGRECO_ARMS, OUR_ARMS
+
+    out: dict = {}
+    for r in payload["results"]:
+        name, _, setting = r["arm"].partition("@")
+        if r["status"] != "ok" or not setting:
+            continue
+        if name in OUR_ARMS:
+            key, kind = (r["workload"], name), "uniform"
+        elif name in LGRECO_ARMS and not LGRECO_ARMS[name][1]:
+            key, kind = (r["workload"], LGRECO_ARMS[name][0]), "adaptive"
+        else:
+            continue
+        point = (r["wire_bytes_per_step"], r["loss_at_equal_steps"], r.get("time_to_target_s"),
+                 setting)
+        out.setdefault(key, {"uniform": [], "adaptive": []})[kind].append(point)
+    return out
 
 
 def _save(fig, path: str) -> None:
@@ -103,6 +176,36 @@ def plot_plans(payload: dict, path: str) -> None:
     _save(fig, path)
 
 
+def loss_of(r: dict | None) -> float | None:
+    """Loss at equal steps; files from before time-to-accuracy have the final loss (the mean of
+    the last fifth of a fixed-length run) instead."""
+    if r is None:
+        return None
+    return r.get("loss_at_equal_steps", r.get("final_loss"))
+
+
+def ref_of(base: dict, r: dict) -> dict | None:
+    """The allreduce record of ``r``'s workload, or None for allreduce itself."""
+    ref = base.get(r["workload"])
+    return None if ref is r else ref
+
+
+def _with_ratio(v, ref, spec: str) -> str:
+    if v is None:
+        return ""
+    return format(v, spec) + (f" ({v / ref:.3f})" if ref else "")
+
+
+def _time_to_target(r: dict, ref: dict | None) -> str:
+    if "time_to_target_s" not in r:
+        return ""
+    if r["time_to_target_s"] is None:
+        return f"never in {r['steps_run']} steps"
+    t = r["time_to_target_s"]
+    ref_t = None if ref is None else ref.get("time_to_target_s")
+    return f"{t:.1f}" + (f" ({t / ref_t:.2f})" if ref_t else "")
+
+
 def _mb(v) -> str:
     return "" if v is None else f"{v / 1e6:.3f}"
 
@@ -130,10 +233,12 @@ def section(payload: dict, json_path: str) -> str:
         f"untimed). Command: `{cfg['command']}` → `{json_path}`",
         "",
         "| workload | arm | status | wire MB/step | payload MB/step | wire/payload "
-        "| step time (s) median / mean / wall | final loss | error ratio: gradient "
-        "| error ratio: layer sum |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| step time (s) median / mean / wall | loss at equal steps (× allreduce) "
+        "| time to target s (× allreduce) | error ratio: gradient | error ratio: layer sum |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    base = {r["workload"]: r for r in payload["results"]
+            if r["arm"] == "allreduce" and r["status"] == "ok"}
     for r in payload["results"]:
         if r["status"] == "ok":
             cells = [
@@ -141,14 +246,15 @@ def section(payload: dict, json_path: str) -> str:
                 _fmt(r["wire_over_ledger"], ".2f"),
                 " / ".join(_fmt(r.get(k), ".3f") for k in
                            ("step_time_s", "mean_step_time_s", "wall_step_time_s")),
-                _fmt(r["final_loss"], ".3f"),
+                _with_ratio(loss_of(r), loss_of(ref_of(base, r)), ".3f"),
+                _time_to_target(r, ref_of(base, r)),
                 *(_fmt((r.get("error_ratios") or {}).get(m), ".3f")
                   for m in ("gradient", "layer_sum")),
             ]
             lines.append(f"| {r['workload']} | {r['arm']} | ok | " + " | ".join(cells) + " |")
         else:
             err = r["error"].replace("|", "/")[:160]
-            lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} | | |")
+            lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} | | | |")
     figs = [
         f"{w}: " + ", ".join(f"{k} = {v:.3f}" for k, v in f.items() if v is not None)
         for w, f in payload["figures"].items()

@@ -22,6 +22,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from benchmarks.workloads import WORKLOADS, dense_grad_bytes, parameter_count
 
 OUR_ARMS = {"powersgd", "topk", "qsgd"}
+# ours with a fixed setting (no Accordion schedule) and torch's dense warm-up: the arm to set
+# beside torch's powerSGD_hook at the same rank
+FIXED_ARMS = {"powersgd_fixed": "powersgd"}
 # L-GreCo arms: family and the LGreCoConfig options that differ from the defaults
 LGRECO_ARMS = {
     "lgreco_powersgd": ("powersgd", {}),
@@ -31,57 +34,134 @@ LGRECO_ARMS = {
     "lgreco_qsgd": ("qsgd", {}),
 }
 # local-updating arms (no gradient all-reduce): CO2 overlaps its outer all-reduce, DiLoCo blocks
-# (co2_qsgd: the pseudo-gradient travels as 8-bit QSGD with error feedback; co2_bf16: as bf16)
+# (co2_qsgd: the pseudo-gradient travels as 8-bit QSGD with error feedback, from the first
+# round and at one setting; co2_bf16: as bf16)
 CO2_ARMS = {
     "co2": {"overlap": True},
     "diloco": {"overlap": False},
-    "co2_qsgd": {"overlap": True, "compression": {"method": "qsgd", "bits": 8}},
+    "co2_qsgd": {"overlap": True, "compression": {"method": "qsgd", "bits": 8, "warmup_steps": 0,
+                                                  "accordion": False}},
     "co2_bf16": {"overlap": True, "wire_dtype": "bfloat16"},
 }
-ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "topk", "qsgd",
-        *LGRECO_ARMS, *CO2_ARMS]
-LR = {"lm": 1e-3, "cnn": 3e-3}
+ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "powersgd_fixed",
+        "topk", "qsgd", *LGRECO_ARMS, *CO2_ARMS]
+FAMILY_KNOB = {"powersgd": "rank", "topk": "density", "qsgd": "bits"}
 
 
-def register_arm(model: DDP, arm: str, args) -> object | None:
+def split_arm(arm: str) -> tuple[str, float | None]:
+    """"lgreco_topk@0.003" -> ("lgreco_topk", 0.003): an arm at another setting of its
+    family's knob (rank, density or bits), for budget sweeps; ValueError for what is not."""
+    name, _, setting = arm.partition("@")
+    if name not in ARMS:
+        raise ValueError(f"unknown arm {name!r}; choose from {ARMS}")
+    if not setting:
+        return name, None
+    if family(name) is None:
+        raise ValueError(f"arm {name!r} has no compression setting to give with @")
+    try:
+        value = float(setting)
+    except ValueError:
+        raise ValueError(f"arm {arm!r}: the setting after @ must be a number") from None
+    return name, int(value) if value.is_integer() and family(name) != "topk" else value
+
+
+def family(name: str) -> str | None:
+    """The compression method an arm of ours uses (None: not one of ours)."""
+    if name in OUR_ARMS:
+        return name
+    if name in FIXED_ARMS:
+        return FIXED_ARMS[name]
+    return LGRECO_ARMS[name][0] if name in LGRECO_ARMS else None
+
+
+def arm_options(arm: str, args, workload) -> dict:
+    """Our hook's options for an arm: the library's defaults, but for the knob the command
+    line or the arm's @setting names, the timeout, and top-k's momentum correction where the
+    workload trains with momentum SGD (the documented setting for such a user)."""
+    name, setting = split_arm(arm)
+    method = family(name)
+    opts = {"timeout_s": args.timeout}
+    knob = FAMILY_KNOB[method]
+    value = setting if setting is not None else getattr(args, knob)
+    if value is not None:
+        opts[knob] = value
+    if method == "topk":
+        opts["momentum"] = getattr(workload, "momentum", 0.0)
+    if name in FIXED_ARMS:
+        opts.update(accordion=False, warmup_steps=torch_start_iter())
+    return opts
+
+
+def torch_start_iter() -> int:
+    """torch's start_powerSGD_iter for the comparison: our default dense warm-up, but at least
+    2, the least torch accepts with error feedback and warm start."""
+    from distcomp.config import CompressionConfig
+
+    return max(2, CompressionConfig().warmup_steps)
+
+
+def register_arm(model: DDP, arm: str, args, workload) -> object | None:
     """Attach the arm's communication hook; returns our CompressionState where there is one."""
-    if arm == "allreduce":
+    name, _ = split_arm(arm)
+    if name == "allreduce":
         return None
-    if arm == "local" or arm in CO2_ARMS:
+    if name == "local" or name in CO2_ARMS:
         from hooks import local_hook
 
         model.register_comm_hook(None, local_hook)
         return None
-    if arm == "torch_fp16":
+    if name == "torch_fp16":
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         model.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return None
-    if arm == "torch_powersgd":
+    if name == "torch_powersgd":
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
 
-        # start_powerSGD_iter=2 is the smallest torch accepts with error feedback + warm start
-        state = ps.PowerSGDState(None, matrix_approximation_rank=args.rank, start_powerSGD_iter=2)
+        from distcomp.config import CompressionConfig
+
+        rank = args.rank or CompressionConfig().rank
+        state = ps.PowerSGDState(None, matrix_approximation_rank=rank,
+                                 start_powerSGD_iter=torch_start_iter())
         model.register_comm_hook(state, ps.powerSGD_hook)
         return None
-    if arm in OUR_ARMS:
-        from hooks import CompressionState, compression_hook
+    from hooks import CompressionState, LGreCoState, compression_hook
 
-        state = CompressionState(model, arm, rank=args.rank, density=args.density,
-                                 bits=args.bits, timeout_s=args.timeout)
-        model.register_comm_hook(state, compression_hook)
-        return state
-    if arm in LGRECO_ARMS:
-        from hooks import LGreCoState, lgreco_hook
+    opts = arm_options(arm, args, workload)
+    if name in LGRECO_ARMS:
+        from distcomp.config import CompressionConfig
 
-        family, options = LGRECO_ARMS[arm]
-        plan = {"warmup_steps": args.lgreco_warmup, "period": args.lgreco_period,
+        method, options = LGRECO_ARMS[name]
+        warmup = max(args.lgreco_warmup, CompressionConfig().warmup_steps)
+        plan = {"warmup_steps": warmup, "period": args.lgreco_period,
                 "window": args.lgreco_window, **options}
-        state = LGreCoState(model, family, rank=args.rank, density=args.density, bits=args.bits,
-                            timeout_s=args.timeout, lgreco=plan)
-        model.register_comm_hook(state, lgreco_hook)
-        return state
-    raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
+        state = LGreCoState(model, method, lgreco=plan, **opts)
+    else:
+        state = CompressionState(model, family(name), **opts)
+    model.register_comm_hook(state, compression_hook)
+    return state
+
+
+def reached(losses: list[float], args, world: int) -> bool:
+    """Past the equal-steps point, every 5 steps: has the smoothed loss (mean over ranks of the
+    last ``--smooth`` steps) reached ``--target-loss``? One 8-byte all-reduce, the same answer
+    on every rank, so all stop at the same step."""
+    done = len(losses)
+    if args.target_loss is None or done < args.steps or (done - args.steps) % 5:
+        return False
+    window = torch.tensor([sum(losses[-args.smooth:]) / min(args.smooth, done)],
+                          dtype=torch.float64)
+    dist.all_reduce(window)
+    return float(window) / world <= args.target_loss
+
+
+def bucket_cap_mb(arm: str, model: torch.nn.Module) -> float:
+    """DDP's bucket size: its default (25 MB), except for torch's powerSGD_hook, which gets one
+    bucket holding every gradient: with several, its second all-reduce (launched from a future
+    callback) races the next bucket's first, and on gloo that aborts or hangs (README)."""
+    if split_arm(arm)[0] == "torch_powersgd":
+        return dense_grad_bytes(model) / 2**20 + 1
+    return 25.0
 
 
 def iface_counters(iface: str | None) -> tuple[int, int]:
@@ -94,14 +174,18 @@ def iface_counters(iface: str | None) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
-    p.add_argument("--arm", required=True, choices=ARMS)
+    p.add_argument("--arm", required=True, help="an arm, optionally ARM@SETTING")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--steps", type=int, required=True, help="the equal-steps point")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="run past --steps until the target is reached, at most this many")
+    p.add_argument("--target-loss", type=float, default=None)
+    p.add_argument("--smooth", type=int, default=10, help="steps in the smoothed loss")
     p.add_argument("--warmup-steps", type=int, default=3)
-    p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--density", type=float, default=0.01)
-    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--density", type=float, default=None)
+    p.add_argument("--bits", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--lgreco-warmup", type=int, default=3)
@@ -115,20 +199,22 @@ def main(argv: list[str] | None = None) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(args.seed)
     workload = WORKLOADS[args.workload](args.data, seed=args.seed)
-    model = DDP(workload.model())
-    state = register_arm(model, args.arm, args)
-    opt = torch.optim.Adam(model.parameters(), lr=LR[args.workload])
-    if args.arm in CO2_ARMS:
+    net = workload.model()
+    model = DDP(net, bucket_cap_mb=bucket_cap_mb(args.arm, net))
+    state = register_arm(model, args.arm, args, workload)
+    opt = workload.optimizer(model.parameters())
+    name = split_arm(args.arm)[0]
+    if name in CO2_ARMS:
         from distcomp.co2 import CO2
 
-        opt = state = CO2(opt, model, tau=args.tau, timeout_s=args.timeout,
-                          **CO2_ARMS[args.arm])
+        opt = state = CO2(opt, model, tau=args.tau, timeout_s=args.timeout, **CO2_ARMS[name])
     iface = os.environ.get("NETBENCH_IFACE")
+    max_steps = max(args.steps, args.max_steps or args.steps)
 
     times, losses, clock = [], [], []
     t0 = time.perf_counter()
     heartbeat = Path(args.out) / f"{args.workload}-{args.arm}-rank{rank}.progress"
-    for step in range(args.steps):
+    for step in range(max_steps):
         heartbeat.write_text(str(step))  # the parent treats a silent heartbeat as a hang
         if step == args.warmup_steps:
             dist.barrier()
@@ -144,10 +230,13 @@ def main(argv: list[str] | None = None) -> None:
         clock.append(time.perf_counter() - t0)
         if step >= args.warmup_steps:
             times.append(time.perf_counter() - start)
+        if reached(losses, args, world):
+            break
+    steps_run = len(losses)
     elapsed = torch.tensor([time.perf_counter() - timed_from], dtype=torch.float64)
     dist.barrier()
     after = iface_counters(iface)
-    timed = args.steps - args.warmup_steps
+    timed = steps_run - args.warmup_steps
     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the job ends when its slowest rank does
 
     # slowest rank per step is the step time; mean loss over ranks (both after timing)
@@ -158,19 +247,19 @@ def main(argv: list[str] | None = None) -> None:
     curve /= world
 
     ledger = None
-    if args.arm in CO2_ARMS:  # bytes per round, keyed by round; rounds end every tau steps
-        ends = {r: (r + 1) * args.tau - 1 for r in range(args.steps // args.tau)}
+    if name in CO2_ARMS:  # bytes per round, keyed by round; rounds end every tau steps
+        ends = {r: (r + 1) * args.tau - 1 for r in range(steps_run // args.tau)}
         ledger = sum(state.ledger.step_bytes(r) for r, end in ends.items()
                      if end >= args.warmup_steps) / timed
     elif state is not None:
-        steps = range(args.warmup_steps, args.steps)
+        steps = range(args.warmup_steps, steps_run)
         book = state.ledger  # drains the hook's worker once, not once per step
         ledger = sum(book.step_bytes(s) for s in steps) / timed
-    elif args.arm == "allreduce":
+    elif name == "allreduce":
         ledger = dense_grad_bytes(model)  # DDP hands every gradient byte to all-reduce
-    elif args.arm == "torch_fp16":
+    elif name == "torch_fp16":
         ledger = dense_grad_bytes(model) / 2
-    elif args.arm == "local":
+    elif name == "local":
         ledger = 0.0
     record = {
         "rank": rank,
@@ -178,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         "tx_bytes": after[0] - before[0],
         "rx_bytes": after[1] - before[1],
         "timed_steps": timed,
+        "steps_run": steps_run,
         "step_time_s": statistics.median(t.tolist()),
         "mean_step_time_s": statistics.fmean(t.tolist()),
         "wall_step_time_s": float(elapsed) / timed,
@@ -187,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         "params": parameter_count(model),
         "dense_bytes": dense_grad_bytes(model),
     }
-    if args.arm in CO2_ARMS:  # per round, the slower rank's: blocked on the average / in total
+    if name in CO2_ARMS:  # per round, the slower rank's: blocked on the average / in total
         for key, values in (("round_wait_s", state.wait_s), ("round_s", state.round_s)):
             v = torch.tensor(values, dtype=torch.float64)
             dist.all_reduce(v, op=dist.ReduceOp.MAX)

@@ -51,9 +51,10 @@ class Compressor(ABC):
     def compresses(self, shape: torch.Size, setting: float, min_compression_rate: float) -> bool:
         """Compress only where it pays: dense bytes / compressed bytes > ``min_compression_rate``.
 
-        With the default rate 1.0 a tensor is compressed only if that saves bytes; biases, norm
-        weights and other small tensors then travel uncompressed, fused into one all-reduce.
-        A rate of 0 compresses every eligible tensor (useful to test lossless settings).
+        With a rate of 1.0 a tensor is compressed only if that saves bytes at all (the default,
+        2.0, asks for a 2x saving); biases, norm weights and other small tensors then travel
+        uncompressed, fused into one all-reduce. A rate of 0 compresses every eligible tensor
+        (useful to test lossless settings).
         """
         if not self.eligible(shape) or math.prod(shape) == 0:
             return False

@@ -200,6 +200,9 @@ class LGreCo:
 
     layers: key -> shape of every compressed layer seen (in first-seen order).
     acc: key -> windowed sum of compensated gradients (only during a window).
+    table: key -> (candidate settings, rank-averaged errors, bytes) of the last measurement;
+        :meth:`choose` solves against any baseline from it without measuring again (the
+        Accordion schedule changes the baseline between plans).
     plans: list of {"step", "settings", "bytes", "uniform_bytes", "error", "uniform_error",
         "ratios"}, one per re-plan: totals under the configured error measure, and "ratios"
         (plan / uniform) under every measure. "rows" of the latest give the per-layer table.
@@ -211,6 +214,7 @@ class LGreCo:
         self.acc: dict[str, torch.Tensor] = {}
         self.plans: list[dict] = []
         self.rows: list[dict] = []
+        self.table: dict[str, tuple[list[float], list[float], list[int]]] = {}
 
     def plan_steps_due(self, step: int) -> bool:
         c = self.config
@@ -233,37 +237,76 @@ class LGreCo:
             else:
                 self.acc[key] = compensated.detach().clone()
 
-    def plan(self, step: int, all_reduce_mean) -> dict[str, float]:
-        """Measure, average across ranks with ``all_reduce_mean`` (one flat fp64 tensor ->
-        same), solve, and return the new per-layer settings."""
+    def plan(self, step: int, all_reduce_mean,
+             baseline: dict[str, float] | None = None) -> dict[str, float]:
+        """Measure (:meth:`measure`) and solve against ``baseline`` (:meth:`choose`; default:
+        the uniform setting everywhere); returns the new per-layer settings."""
+        self.measure(all_reduce_mean, (self.uniform,) if baseline is None else
+                     tuple(sorted(set(baseline.values()))))
+        return self.choose(step, baseline)
+
+    def measure(self, all_reduce_mean, budgets: tuple[float, ...]) -> None:
+        """Measure this rank's error table over the candidates of every setting in ``budgets``
+        (the settings a baseline may use), average it across ranks with ``all_reduce_mean``
+        (one flat fp64 tensor -> same) and keep it in ``table`` for :meth:`choose`."""
         keys = sorted(self.layers)
-        cands = [candidates(self.comp, self.config, self.layers[k], self.uniform, self.min_rate)
-                 for k in keys]
+        cands = []
+        for k in keys:
+            opts = {s for b in budgets for s in
+                    candidates(self.comp, self.config, self.layers[k], b, self.min_rate)}
+            cands.append(sorted(opts | set(budgets)))
         local = []
         for k, cs in zip(keys, cands):
             g = self.acc.get(k)
-            local += candidate_errors(self.comp, g, cs) if g is not None else [0.0] * len(cs)
+            local += self._errors(g, self.layers[k], cs)
         errors_flat = all_reduce_mean(torch.tensor(local, dtype=torch.float64)).tolist()
         self.acc.clear()
-        errors, bytes_, pos = [], [], 0
+        self.table, pos = {}, 0
         for k, cs in zip(keys, cands):
-            errors.append(errors_flat[pos : pos + len(cs)])
-            bytes_.append([self.comp.wire_bytes(self.layers[k], s) for s in cs])
+            shape = self.layers[k]
+            self.table[k] = (cs, errors_flat[pos : pos + len(cs)],
+                             [self.cost_bytes(shape, s) for s in cs])
             pos += len(cs)
-        uni = [cs.index(self.uniform) for cs in cands]
+
+    def _errors(self, g: torch.Tensor | None, shape: torch.Size, cs: list[float]) -> list[float]:
+        """||g - C_s(g)|| per candidate; 0 for a setting that would travel dense."""
+        squeezing = [s for s in cs if self.comp.compresses(shape, s, self.min_rate)]
+        if g is None or not squeezing:
+            return [0.0] * len(cs)
+        measured = dict(zip(squeezing, candidate_errors(self.comp, g, squeezing)))
+        return [measured.get(s, 0.0) for s in cs]
+
+    def cost_bytes(self, shape: torch.Size, setting: float) -> int:
+        """Bytes the layer costs at ``setting``: its payload, or dense fp32 where the setting
+        would not compress it (the reducer then sends it uncompressed)."""
+        if self.comp.compresses(shape, setting, self.min_rate):
+            return self.comp.wire_bytes(shape, setting)
+        return self.comp.dense_bytes(shape)
+
+    def choose(self, step: int, baseline: dict[str, float] | None = None) -> dict[str, float]:
+        """Minimum-bytes settings whose total error is <= alpha x that of ``baseline`` (key ->
+        the setting each layer would otherwise get; default: the uniform setting), from the
+        last measured table. Records the plan in ``plans`` and ``rows``."""
+        keys = sorted(self.table)
+        base = {k: self.uniform for k in keys} if baseline is None else baseline
+        cands = [self.table[k][0] for k in keys]
+        errors = [self.table[k][1] for k in keys]
+        bytes_ = [self.table[k][2] for k in keys]
+        uni = [cs.index(base.get(k, self.uniform)) for k, cs in zip(keys, cands)]
         u_bytes = sum(b[i] for b, i in zip(bytes_, uni))
         power = 2 if self.config.error_measure == "gradient" else 1
         costs = [[x**power for x in e] for e in errors]
         budget = self.config.alpha**power * sum(c[i] for c, i in zip(costs, uni))
         result = solve(bytes_, costs, budget, self.config.bins)
         if result is None or result.total_bytes > u_bytes:
-            choice = uni  # never worse than the uniform setting
+            choice = uni  # never worse than the baseline
         else:
             choice = list(result.choice)
         settings = {k: cs[c] for k, cs, c in zip(keys, cands, choice)}
         self.rows = [
             {"name": k, "shape": list(self.layers[k]), "setting": cs[c],
-             "bytes": b[c], "error": e[c], "uniform_bytes": b[u], "uniform_error": e[u]}
+             "bytes": b[c], "error": e[c], "uniform_setting": cs[u], "uniform_bytes": b[u],
+             "uniform_error": e[u]}
             for k, cs, c, b, e, u in zip(keys, cands, choice, bytes_, errors, uni)
         ]
         totals = {m: (total_error([r["error"] for r in self.rows], m),
@@ -292,6 +335,7 @@ class LGreCo:
             "acc": {k: v.clone() for k, v in self.acc.items()},
             "plans": list(self.plans),
             "rows": list(self.rows),
+            "table": {k: [list(c) for c in v] for k, v in self.table.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -302,3 +346,4 @@ class LGreCo:
         self.acc = {k: v.clone() for k, v in state["acc"].items()}
         self.plans = list(state["plans"])
         self.rows = list(state["rows"])
+        self.table = {k: tuple(list(c) for c in v) for k, v in state.get("table", {}).items()}

@@ -27,12 +27,16 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from distcomp.accordion import Accordion
 from distcomp.comm import Comm, model_fingerprint
 from distcomp.compressor import FP32_BYTES, GatherCompressor
 from distcomp.config import CompressionConfig
+from distcomp.dgc import MomentumCorrection
 from distcomp.ledger import CONTROL_KEY, ByteLedger
 from distcomp.lgreco import LGreCo, LGreCoConfig
 from distcomp.powersgd import as_matrix, orthogonalize
+
+DENSITY_WARMUP_START = 0.25  # top-k's density at the start of its warm-up (DGC's first stage)
 
 
 @dataclass
@@ -94,6 +98,9 @@ class CompressedReducer:
       config: the validated :class:`CompressionConfig`.
       compressor: the method's :class:`~distcomp.compressor.Compressor`.
       settings: per-key overrides of the uniform setting (L-GreCo writes its plan here).
+      accordion: the critical-regime schedule (None with ``accordion=False``): each layer's
+        gentle or aggressive setting, the baseline L-GreCo plans against.
+      dgc: top-k momentum correction state (None unless ``momentum`` > 0).
       residuals: key -> fp32 error-feedback memory, same shape as the gradient.
       qs: key -> PowerSGD warm-start Q (m, r), identical on every rank.
       ledger: bytes contributed to collectives.
@@ -106,11 +113,16 @@ class CompressedReducer:
         self.config = config
         self.compressor = config.compressor()
         self.rank = rank
+        uniform = self.compressor.validate_setting(config.setting)
         self.lgreco = None
         if lgreco is not None:
-            self.lgreco = LGreCo(lgreco, self.compressor, self.compressor.validate_setting(
-                config.setting), config.min_compression_rate)
-        self._planned_step: int | None = None
+            self.lgreco = LGreCo(lgreco, self.compressor, uniform, config.min_compression_rate)
+        self.accordion = None
+        if config.accordion:
+            self.accordion = Accordion(config.accordion_interval, config.accordion_threshold,
+                                       config.gentle, uniform)
+        self.dgc = MomentumCorrection(config.momentum) if config.momentum else None
+        self._begun_step: int | None = None
         self.settings: dict[str, float] = {}
         self.residuals: dict[str, torch.Tensor] = {}
         self.qs: dict[str, torch.Tensor] = {}
@@ -118,12 +130,36 @@ class CompressedReducer:
         self.nonfinite_buckets = 0
 
     # -- per-tensor decisions ------------------------------------------------------------------
-    def setting_for(self, key: str, shape: torch.Size) -> float | None:
-        """The setting this tensor is compressed with, or None if it travels uncompressed."""
-        setting = self.settings.get(key, self.config.setting)
+    def setting_for(self, key: str, shape: torch.Size, step: int | None = None) -> float | None:
+        """The setting this tensor is compressed with at ``step``, or None if it travels
+        uncompressed: L-GreCo's plan, else Accordion's regime setting, else the uniform one;
+        then top-k's density warm-up."""
+        setting = self.settings.get(key)
+        if setting is None:
+            setting = self.config.setting if self.accordion is None else \
+                self.accordion.setting(key)
+        if step is not None and self.config.density_warmup_steps:
+            setting = self._warmup_density(setting, step)
         if self.compressor.compresses(shape, setting, self.config.min_compression_rate):
             return setting
         return None
+
+    def _warmup_density(self, density: float, step: int) -> float:
+        """DGC's sparsity warm-up: from DENSITY_WARMUP_START down to ``density``, exponentially
+        over ``density_warmup_steps`` steps after the dense warm-up (each layer scaled by the
+        same factor, so L-GreCo's and Accordion's ratios between layers are kept)."""
+        t = step - self.config.warmup_steps
+        total = self.config.density_warmup_steps
+        if t >= total:
+            return density
+        factor = (DENSITY_WARMUP_START / self.config.density) ** (1.0 - t / total)
+        return min(max(DENSITY_WARMUP_START, density), density * factor)
+
+    def eligible(self, shape: torch.Size) -> bool:
+        """Whether the uniform setting compresses a tensor of this shape: the layers Accordion,
+        L-GreCo and momentum correction keep state for."""
+        return self.compressor.compresses(shape, self.config.setting,
+                                          self.config.min_compression_rate)
 
     def generator(self, key: str, step: int, device: torch.device) -> torch.Generator:
         """RNG for the stochastic rounding of one tensor in one step, seeded by (seed, rank,
@@ -142,18 +178,21 @@ class CompressedReducer:
         grads: tensors (any shape, float dtype) that every rank passes in the same order, with
         the same keys and shapes. keys: stable names (parameter names) for per-tensor state.
         """
-        if step < self.config.warmup_steps:
-            self._dense(grads, keys, comm, step)
+        if self._begun_step != step:
+            self._begin_step(step, comm, grads[0].device)
+        warmup = step < self.config.warmup_steps
+        for k, g in zip(keys, grads):
+            if (self.accordion is not None or warmup) and self.eligible(g.shape):
+                if self.accordion is not None:
+                    self.accordion.observe(k, g)
+                if warmup and self.lgreco is not None and bool(torch.isfinite(g).all()):
+                    self.lgreco.observe(k, g.detach().float(), step)  # dense: raw gradient
+        if warmup:
+            self._dense(grads, keys, comm, step, track=True)
             return
-        if self.lgreco is not None and self._planned_step != step:
-            if self.lgreco.plan_steps_due(step):
-                device = grads[0].device
-                self.settings.update(
-                    self.lgreco.plan(step, lambda t: self._mean(t.to(device), comm, step)))
-            self._planned_step = step
-        slots = [_Slot(k, g, self.setting_for(k, g.shape)) for k, g in zip(keys, grads)]
+        slots = [_Slot(k, g, self.setting_for(k, g.shape, step)) for k, g in zip(keys, grads)]
         if all(s.setting is None for s in slots):
-            self._dense(grads, keys, comm, step)
+            self._dense(grads, keys, comm, step, track=True)
             return
         # One float per rank: any inf/NaN makes the sum non-finite (so can an overflow of
         # values near the fp32 limit, which then just takes the safe dense path).
@@ -173,16 +212,43 @@ class CompressedReducer:
             for s, x in zip(comp, inputs):
                 self.lgreco.observe(s.key, x, step)
 
+    def _begin_step(self, step: int, comm: Comm, device: torch.device) -> None:
+        """Once per step, at its first bucket (the same bucket on every rank): Accordion's
+        regime decision and L-GreCo's measurement when due, and a new plan when either
+        changed the picture. Each costs one small all-reduce of statistics."""
+        self._begun_step = step
+        mean = lambda t: self._mean(t.to(device), comm, step)  # noqa: E731
+        changed = False
+        if self.accordion is not None and self.accordion.due(step):
+            changed = self.accordion.decide(step, mean)
+        if self.lgreco is None or step < self.config.warmup_steps:
+            return
+        if self.lgreco.plan_steps_due(step) and self.lgreco.layers:
+            budgets = (self.lgreco.uniform,) if self.accordion is None else \
+                (self.lgreco.uniform, self.accordion.gentle)
+            self.lgreco.measure(mean, budgets)
+            changed = True
+        if changed and self.lgreco.table:
+            baseline = None if self.accordion is None else \
+                self.accordion.baseline(self.lgreco.table)
+            self.settings = self.lgreco.choose(step, baseline)
+
     def _mean(self, t: torch.Tensor, comm: Comm, step: int) -> torch.Tensor:
-        """Average a small statistics tensor over ranks (L-GreCo's error table)."""
+        """Average a small statistics tensor over ranks (L-GreCo's error table, Accordion's
+        gradient norms)."""
         comm.all_reduce_sum(t).wait()
         self.ledger.record(step, CONTROL_KEY, t.numel() * t.element_size(), "allreduce")
         return (t / comm.world_size).cpu()
 
     def _compensated(self, slot: _Slot) -> torch.Tensor:
         x = slot.grad.detach().to(torch.float32, copy=True)
-        if self.config.error_feedback and slot.key in self.residuals:
-            x += self.residuals[slot.key].to(x.device)
+        residual = self.residuals.get(slot.key) if self.config.error_feedback else None
+        if self.dgc is not None:
+            if residual is None:
+                residual = torch.zeros_like(x)
+            return self.dgc.accumulate(slot.key, x, residual.to(x.device))
+        if residual is not None:
+            x += residual.to(x.device)
         return x
 
     def _dense_fused(self, dense: list[_Slot], extra: list[torch.Tensor], flag: torch.Tensor):
@@ -196,13 +262,21 @@ class CompressedReducer:
         for s in dense:
             n = s.grad.numel()
             s.grad.copy_(flat[offset : offset + n].view_as(s.grad) / world)
+            self._track_dense(s.key, s.grad)
             self.ledger.record(step, s.key, FP32_BYTES * n, "allreduce")
             offset += n
         return offset
 
-    def _dense(self, grads: list[torch.Tensor], keys: list[str], comm: Comm, step: int) -> None:
+    def _track_dense(self, key: str, avg: torch.Tensor) -> None:
+        """Momentum correction follows the optimizer's buffer through a dense step."""
+        if self.dgc is not None and self.eligible(avg.shape):
+            self.dgc.dense(key, avg)
+
+    def _dense(self, grads: list[torch.Tensor], keys: list[str], comm: Comm, step: int,
+               track: bool = False) -> None:
         """Plain averaging all-reduce of the tensors in their own dtype, fused into one buffer
-        (divided before the sum, as DDP does, so fp16 sums do not overflow)."""
+        (divided before the sum, as DDP does, so fp16 sums do not overflow). ``track``: the
+        optimizer will apply this average (not the inf/NaN fallback, which AMP skips)."""
         flat = torch.cat([g.detach().reshape(-1) for g in grads])
         flat /= comm.world_size
         comm.all_reduce_sum(flat).wait()
@@ -210,6 +284,8 @@ class CompressedReducer:
         for k, g in zip(keys, grads):
             n = g.numel()
             g.copy_(flat[offset : offset + n].view_as(g))
+            if track:
+                self._track_dense(k, g)
             self.ledger.record(step, k, flat.element_size() * n, "allreduce")
             offset += n
 
@@ -220,11 +296,11 @@ class CompressedReducer:
         for s, m in zip(comp, ms):
             r = self.compressor.effective_rank(s.grad.shape, s.setting)
             q = self.qs.get(s.key)
-            if q is not None:
-                q = q.to(m.device)
-            if q is None or q.shape != (m.shape[1], r):
-                q = self.compressor.initial_q(s.grad.shape, r, self.config.seed, s.key, m.device)
-            qs.append(q)
+            if q is None or q.shape[1] < r:  # new, or a higher rank: fresh columns appended
+                fresh = self.compressor.initial_q(s.grad.shape, r, self.config.seed, s.key,
+                                                  m.device)
+                q = fresh if q is None else torch.cat([q.to(m.device), fresh[:, q.shape[1]:]], 1)
+            qs.append(q[:, :r].to(m.device))
         ps = [m @ q for m, q in zip(ms, qs)]
         fused = comm.all_reduce_sum(self._dense_fused(dense, ps, nonfinite)).wait()
         if fused[-1].item() > 0:
@@ -268,9 +344,14 @@ class CompressedReducer:
             offset += nb
             keep = comm.rank if self.config.error_feedback else None
             total, approx = self.compressor.decode_rows(rows, n, s.setting, keep)
-            s.grad.copy_(total.view_as(s.grad) / world)
+            avg = total.view_as(s.grad) / world
             if approx is not None:  # kept only with error feedback
-                self.residuals[s.key] = x - approx.view_as(x)
+                approx = approx.view_as(x)
+                self.residuals[s.key] = x - approx
+                if self.dgc is not None:
+                    self.dgc.mask(s.key, approx != 0)
+                    avg = self.dgc.deliver(s.key, avg)
+            s.grad.copy_(avg)
             self.ledger.record(step, s.key, nb, "allgather")
         self.ledger.record(step, CONTROL_KEY, FP32_BYTES, "allreduce")
         return True
@@ -302,6 +383,8 @@ class CompressedReducer:
             "ledger": self.ledger.state_dict(),
             "nonfinite_buckets": self.nonfinite_buckets,
             "lgreco": None if self.lgreco is None else self.lgreco.state_dict(),
+            "accordion": None if self.accordion is None else self.accordion.state_dict(),
+            "dgc": None if self.dgc is None else self.dgc.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -322,3 +405,6 @@ class CompressedReducer:
             raise ValueError("checkpoint and reducer disagree on adaptive (L-GreCo) planning")
         if self.lgreco is not None:
             self.lgreco.load_state_dict(state["lgreco"])
+        for name in ("accordion", "dgc"):  # present exactly when the (equal) config says so
+            if getattr(self, name) is not None:
+                getattr(self, name).load_state_dict(state[name])

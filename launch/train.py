@@ -7,8 +7,9 @@
 
 The lines that enable distcomp are marked "distcomp:" below. Workloads: ``teacher`` (built in:
 a fixed random network labels Gaussian inputs, an MLP learns it) and the benchmark's ``lm``
-(character GPT on the Python standard library's source) and ``cnn`` (1-D CNN on mnist1d), both
-built offline into ``--data-dir`` on first use. Prints one line per epoch: loss, payload bytes
+(character GPT on the Python standard library's source), ``cnn`` (1-D CNN on mnist1d) and
+``resnet`` (ResNet with BatchNorm on cluttered digit images), built offline into
+``--data-dir`` on first use. Prints one line per epoch: loss, payload bytes
 per step and step time. With ``--checkpoint-dir`` every rank saves its state after each epoch
 (model, optimizer, compression / CO2 state: error-feedback residuals differ per rank);
 ``--resume`` continues from the newest checkpoint all ranks completed, taking the same steps an
@@ -52,13 +53,19 @@ COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "
          "co2")
 
 
+MOMENTUM = 0.9  # the scripts' SGD momentum; top-k's momentum correction is told the same
+WORKLOADS = ("teacher", "lm", "cnn", "resnet")
+
+
 @dataclass
 class Options:
-    workload: str = "teacher"  # teacher | lm | cnn
+    workload: str = "teacher"  # one of WORKLOADS
     comm: str = "none"  # one of COMMS; none = plain DDP all-reduce
-    rank: int = 4  # PowerSGD rank
-    density: float = 0.01  # top-k density
-    bits: int = 4  # QSGD bits
+    rank: int = CompressionConfig.rank  # PowerSGD rank (the library's defaults)
+    density: float = CompressionConfig.density  # top-k density
+    bits: int = CompressionConfig.bits  # QSGD bits
+    warmup_steps: int = CompressionConfig.warmup_steps  # dense steps before compressing
+    fixed_setting: bool = False  # one setting throughout: no Accordion schedule
     tau: int = 4  # CO2 local steps per outer round
     epochs: int = 3
     steps_per_epoch: int = 100
@@ -90,8 +97,7 @@ def parse_into(cls, argv, description: str, comms) -> tuple:
     try:  # the settings --comm will use, checked before the process group forms
         method = opts.comm.removeprefix("lgreco-")
         if method in METHODS:
-            CompressionConfig(method=method, rank=opts.rank, density=opts.density,
-                              bits=opts.bits, timeout_s=opts.timeout_s)
+            CompressionConfig(method=method, **comm_options(opts))
         elif opts.comm == "co2":
             CO2Config(tau=opts.tau, timeout_s=opts.timeout_s)
         else:  # the framework's own all-reduce: only the timeout
@@ -103,13 +109,26 @@ def parse_into(cls, argv, description: str, comms) -> tuple:
 
 def parse_args(argv=None) -> Options:
     opts, parser = parse_into(Options, argv, __doc__.splitlines()[0], COMMS)
-    if opts.workload not in ("teacher", "lm", "cnn"):
-        parser.error(f"--workload must be teacher, lm or cnn, got {opts.workload!r}")
+    if opts.workload not in WORKLOADS:
+        parser.error(f"--workload must be one of {', '.join(WORKLOADS)}, got {opts.workload!r}")
     if opts.resume and not opts.checkpoint_dir:
         parser.error("--resume needs --checkpoint-dir")
     if opts.stop_check_steps < 1:
         parser.error(f"--stop-check-steps must be >= 1, got {opts.stop_check_steps}")
     return opts
+
+
+def comm_options(opts) -> dict:
+    """The hook's options from the command line: the method's knob and the timeout, plus
+    top-k's momentum correction set to the optimizer's momentum (what a user of
+    ``SGD(momentum=m)`` is told to do)."""
+    method = opts.comm.removeprefix("lgreco-")
+    options = {"rank": opts.rank, "density": opts.density, "bits": opts.bits,
+               "warmup_steps": opts.warmup_steps, "accordion": not opts.fixed_setting,
+               "timeout_s": opts.timeout_s}
+    if method == "topk":
+        options["momentum"] = MOMENTUM
+    return options
 
 
 def print_epoch(tag: str, epoch: int, epochs: int, loss: float, sent: float, dense: int,
@@ -283,7 +302,7 @@ def train(opts: Options, rank: int, world: int) -> bool:
     task = make_task(opts, rank)
     torch.manual_seed(opts.seed)
     model = DDP(task.model().to(device))
-    opt = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=MOMENTUM)
     state = None
     if opts.comm == "co2":
         # distcomp: local steps, pseudo-gradient averaged in the background every tau steps
@@ -293,8 +312,7 @@ def train(opts: Options, rank: int, world: int) -> bool:
         # distcomp: the two-line change (compressed gradient all-reduce)
         method = opts.comm.removeprefix("lgreco-")
         kind = LGreCoState if opts.comm.startswith("lgreco-") else CompressionState
-        state = kind(model, method, rank=opts.rank, density=opts.density, bits=opts.bits,
-                     timeout_s=opts.timeout_s)
+        state = kind(model, method, **comm_options(opts))
         model.register_comm_hook(state, compression_hook)
     ledger = state.ledger if state is not None else getattr(opt, "ledger", None)
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

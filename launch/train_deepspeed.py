@@ -27,12 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train import (  # noqa: E402
+    MOMENTUM,
+    comm_options,
     init_distributed,
     make_task,
     parse_into,
     print_epoch,
     run_guarded,
 )
+
+from distcomp.config import CompressionConfig  # noqa: E402
 
 COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd")
 
@@ -42,9 +46,11 @@ class Options:
     workload: str = "teacher"  # teacher | lm | cnn
     comm: str = "none"  # one of COMMS; none = DeepSpeed's own all-reduce
     zero_stage: int = 0
-    rank: int = 4
-    density: float = 0.01
-    bits: int = 4
+    rank: int = CompressionConfig.rank
+    density: float = CompressionConfig.density
+    bits: int = CompressionConfig.bits
+    warmup_steps: int = CompressionConfig.warmup_steps
+    fixed_setting: bool = False
     epochs: int = 3
     steps_per_epoch: int = 100
     batch_size: int = 128
@@ -96,16 +102,15 @@ def train(opts: Options, rank: int, world: int) -> None:
                          "verbose": False, "prof_all": True},
         "steps_per_print": 10**9,
     }
-    opt = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=MOMENTUM)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config,
                                            dist_init_required=False)
     state = None
     if opts.comm != "none":
         # distcomp: the two-line change (compressed gradient averaging, ZeRO stage 0)
         lgreco = {} if opts.comm.startswith("lgreco-") else None
-        state = DeepSpeedCompression(engine, opts.comm.removeprefix("lgreco-"), rank=opts.rank,
-                                     density=opts.density, bits=opts.bits, lgreco=lgreco,
-                                     timeout_s=opts.timeout_s)
+        state = DeepSpeedCompression(engine, opts.comm.removeprefix("lgreco-"),
+                                            lgreco=lgreco, **comm_options(opts))
         register_deepspeed_hook(engine, state)
     device = engine.device
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

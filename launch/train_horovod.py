@@ -23,7 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train import TeacherTask, parse_into, print_epoch  # noqa: E402
+from train import MOMENTUM, TeacherTask, comm_options, parse_into, print_epoch  # noqa: E402
+
+from distcomp.config import CompressionConfig  # noqa: E402
 
 COMMS = ("none", "fp16", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk",
          "lgreco-qsgd")
@@ -32,9 +34,11 @@ COMMS = ("none", "fp16", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-
 @dataclass
 class Options:
     comm: str = "none"  # one of COMMS
-    rank: int = 4
-    density: float = 0.01
-    bits: int = 4
+    rank: int = CompressionConfig.rank
+    density: float = CompressionConfig.density
+    bits: int = CompressionConfig.bits
+    warmup_steps: int = CompressionConfig.warmup_steps
+    fixed_setting: bool = False
     epochs: int = 3
     steps_per_epoch: int = 100
     batch_size: int = 128
@@ -72,7 +76,7 @@ def train(opts: Options, hvd) -> None:
     task = TeacherTask(opts.batch_size, opts.width, opts.seed)
     torch.manual_seed(opts.seed)
     model = task.model()
-    opt = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=opts.lr, momentum=MOMENTUM)
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     state = None
     if opts.comm in ("none", "fp16"):
@@ -83,9 +87,8 @@ def train(opts: Options, hvd) -> None:
     else:
         # distcomp: the two-line change (compressed averaging over hvd.allreduce / allgather)
         lgreco = {} if opts.comm.startswith("lgreco-") else None
-        state = HorovodCompression(model, opts.comm.removeprefix("lgreco-"), rank=opts.rank,
-                                   density=opts.density, bits=opts.bits, lgreco=lgreco,
-                                   timeout_s=opts.timeout_s)
+        state = HorovodCompression(model, opts.comm.removeprefix("lgreco-"),
+                                         lgreco=lgreco, **comm_options(opts))
         opt = DistributedOptimizer(opt, state)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 

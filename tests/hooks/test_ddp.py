@@ -17,8 +17,18 @@ from tests.models import ConvNet, Teacher, convnet_batch, mlp
 from tests.multiproc import outcome, run_ranks
 from tests.resume import resume_matches
 
-LOSSLESS = {"powersgd": {"rank": 1000}, "topk": {"density": 1.0}, "qsgd": {"bits": 32}}
-LOSSY = {"powersgd": {"rank": 2}, "topk": {"density": 0.05}, "qsgd": {"bits": 4}}
+# the method alone: no dense warm-up, no Accordion schedule (tested on their own below)
+RAW = {"warmup_steps": 0, "accordion": False}
+LOSSLESS = {"powersgd": {"rank": 1000, **RAW}, "topk": {"density": 1.0, **RAW},
+            "qsgd": {"bits": 32, **RAW}}
+LOSSY = {"powersgd": {"rank": 2, **RAW}, "topk": {"density": 0.05, **RAW},
+         "qsgd": {"bits": 4, **RAW}}
+# every option that keeps state between steps: warm-up, Accordion (decisions at steps 3, 6,
+# 9), top-k's momentum correction and density warm-up
+ADAPTIVE = {"powersgd": {"rank": 2, "warmup_steps": 2, "accordion_interval": 3},
+            "topk": {"density": 0.05, "momentum": 0.9, "density_warmup_steps": 4,
+                     "warmup_steps": 2, "accordion_interval": 3},
+            "qsgd": {"bits": 4, "warmup_steps": 2, "accordion_interval": 3}}
 
 
 def _ddp(model, **kw):
@@ -209,23 +219,27 @@ def _steps(rank, model, opt, start, n):
         opt.step()
 
 
-def _resume(rank, world):
+def _resume(rank, world, options):
     out = {}
-    for method, setting in LOSSY.items():
+    for method, setting in options.items():
         same, state, _ = resume_matches(
             lambda m=method, s=setting: _make(m, s),
             lambda model, opt, start, n: _steps(rank, model, opt, start, n), split=5, more=5,
         )
         out[method] = same
         out[method + "_residuals"] = len(state.reducer.residuals)
+        acc = state.reducer.accordion
+        out[method + "_decided"] = acc is None or len(acc.norms) > 0
     return out
 
 
-def test_state_dict_resume_is_bit_identical():
-    for r in run_ranks(_resume):
-        for method in LOSSY:
+@pytest.mark.parametrize("options", [LOSSY, ADAPTIVE], ids=["raw", "adaptive"])
+def test_state_dict_resume_is_bit_identical(options):
+    for r in run_ranks(_resume, options=options):
+        for method in options:
             assert r[method], method
             assert r[method + "_residuals"] > 0
+            assert r[method + "_decided"]
 
 
 def test_state_dict_rejects_other_settings():
@@ -257,6 +271,16 @@ def test_state_dict_rejects_other_settings():
         ("topk", {"timeout_s": 0}, "timeout_s"),
         ("topk", {"warmup_steps": -1}, "warmup_steps"),
         ("topk", {"densty": 0.1}, "densty"),
+        ("powersgd", {"momentum": 0.9}, "momentum applies to method 'topk' only"),
+        ("topk", {"momentum": 1.0}, "momentum"),
+        ("topk", {"momentum": 0.9, "error_feedback": False}, "error_feedback"),
+        ("qsgd", {"density_warmup_steps": 10}, "density_warmup_steps"),
+        ("topk", {"density_warmup_steps": -1}, "density_warmup_steps"),
+        ("topk", {"accordion": "yes"}, "accordion"),
+        ("topk", {"accordion_interval": 0}, "accordion_interval"),
+        ("topk", {"accordion_threshold": 0.0}, "accordion_threshold"),
+        ("powersgd", {"accordion_gentle": 2}, "accordion_gentle"),
+        ("qsgd", {"accordion_gentle": 12}, "bits"),
     ],
 )
 def test_bad_settings_raise_before_any_communication(method, options, match):

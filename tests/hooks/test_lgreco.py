@@ -14,8 +14,11 @@ from tests.models import Teacher
 from tests.multiproc import run_ranks
 from tests.resume import resume_matches
 
+RAW = {"warmup_steps": 0, "accordion": False}  # the planner alone, against the uniform setting
 SETTINGS = {"powersgd": {"rank": 4}, "topk": {"density": 0.02}, "qsgd": {"bits": 4}}
 PLAN = {"warmup_steps": 3, "period": 4, "window": 2}
+# with the Accordion schedule deciding every 2 steps: the baseline the plans are held to
+ACCORDION = {"warmup_steps": 0, "accordion_interval": 2}
 
 
 def _model():
@@ -24,10 +27,10 @@ def _model():
                          nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
-def _make(method):
+def _make(method, extra=None):
     torch.manual_seed(0)
     model = DDP(_model(), bucket_cap_mb=0.1)
-    state = LGreCoState(model, method, lgreco=PLAN, **SETTINGS[method])
+    state = LGreCoState(model, method, lgreco=PLAN, **SETTINGS[method], **(extra or RAW))
     model.register_comm_hook(state, lgreco_hook)
     return model, state, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
@@ -78,6 +81,35 @@ def test_every_rank_adopts_the_same_plan_within_the_budget():
                                                          if x["name"] == key))
 
 
+def _with_accordion(rank, world):
+    out = {}
+    for method in SETTINGS:
+        model, state, opt = _make(method, ACCORDION)
+        _steps(model, opt, rank, 0, 12)
+        lg, acc = state.reducer.lgreco, state.reducer.accordion
+        out[method] = {
+            "plans": [(p["step"], p["settings"]) for p in lg.plans],
+            "held": [p["error"] <= p["uniform_error"] * (1 + 1e-9) and
+                     p["bytes"] <= p["uniform_bytes"] for p in lg.plans],
+            "baselines": [sorted({r["uniform_setting"] for r in lg.rows})],
+            "switches": acc.switches,
+            "gentle": acc.gentle,
+        }
+    return out
+
+
+def test_plans_follow_the_accordion_baseline_on_every_rank():
+    """Measured at 3, 7, 11; chosen again whenever a regime changes, against each layer's
+    regime setting (gentle or the user's), never above its error or bytes."""
+    r0, r1 = run_ranks(_with_accordion, timeout_s=240)
+    assert r0 == r1
+    for method, rec in r0.items():
+        steps = [step for step, _ in rec["plans"]]
+        assert steps[:1] == [3] and {7, 11} <= set(steps), (method, steps)
+        assert len(steps) > 3 or not rec["switches"], (method, steps, rec["switches"])
+        assert all(rec["held"]), method
+
+
 def _resume(rank, world):
     out = {}
     for method in SETTINGS:
@@ -95,6 +127,18 @@ def test_resume_mid_training_with_a_plan_is_bit_identical():
         for method, (same, plans) in r.items():
             assert same, method
             assert plans == 3, method
+
+
+def _resume_accordion(rank, world):
+    return {method: resume_matches(
+        lambda m=method: _make(m, ACCORDION),
+        lambda model, opt, start, n: _steps(model, opt, rank, start, n), split=5, more=7)[0]
+        for method in SETTINGS}
+
+
+def test_resume_with_accordion_and_plans_is_bit_identical():
+    for r in run_ranks(_resume_accordion, timeout_s=240):
+        assert all(r.values()), r
 
 
 @pytest.mark.parametrize(
