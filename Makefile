@@ -88,21 +88,24 @@ demo: venv
 	$(TORCHRUN) launch/train.py --comm powersgd --rank 4
 
 # Figures for README: compressors alone, then the two-host network benchmark at 100 Mbit/s and
-# unshaped (compute overhead); README's netbench block is regenerated from the JSON.
+# unshaped (compute overhead), judged by loss at equal steps and time to plain DDP's loss;
+# L-GreCo's frontier; what each default costs and buys. README's blocks are regenerated from
+# the JSON.
 RESULTS := benchmarks/results
+NB_ARMS := local,allreduce,torch_fp16,torch_powersgd,powersgd,powersgd_fixed,topk,qsgd,lgreco_powersgd
+FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco_powersgd@2,lgreco_powersgd@4,$\
+  lgreco_powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco_topk@0.003,lgreco_topk@0.01,$\
+  lgreco_topk@0.03,qsgd@2,qsgd@4,qsgd@8,lgreco_qsgd@2,lgreco_qsgd@4,lgreco_qsgd@8
 bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.compressors --json $(RESULTS)/compressors.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --json $(RESULTS)/netbench.json \
-	  --arms local,allreduce,torch_fp16,torch_powersgd,powersgd,topk,qsgd
-	$(RUN) $(BIN)/python -m benchmarks.netbench --bandwidth none --json $(RESULTS)/netbench-unshaped.json \
-	  --arms local,allreduce,torch_fp16,torch_powersgd,powersgd
+	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm,resnet,cnn --arms $(NB_ARMS) \
+	  --json $(RESULTS)/netbench.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --bandwidth none --workloads lm,resnet \
+	  --json $(RESULTS)/netbench-unshaped.json --arms local,allreduce,torch_fp16,torch_powersgd,powersgd
+	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
+	  --json $(RESULTS)/netbench-frontier.json --arms $(FRONTIER_ARMS)
+	$(RUN) $(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json
 	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco.json \
-	  --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd_wide,lgreco_powersgd_layersum,topk,lgreco_topk,qsgd,lgreco_qsgd
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco-long.json \
-	  --steps 150 --arms allreduce,powersgd,lgreco_powersgd
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-lgreco-rank8.json \
-	  --rank 8 --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd_wide
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
 	$(RUN) $(BIN)/python -m benchmarks.link_cost --json $(RESULTS)/link_cost.json
@@ -117,13 +120,13 @@ bench: venv sysdeps
 	$(MAKE) --no-print-directory deepspeed horovod
 	$(RUN) $(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json
 	$(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json --readme README.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json --readme README.md
 	$(BIN)/python -m benchmarks.gnnpipe_report --readme README.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data_report --readme README.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \
 	  $(RESULTS)/data_scale_kmeans.json
 	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \
-	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-lgreco.json \
-	  $(RESULTS)/netbench-lgreco-long.json $(RESULTS)/netbench-lgreco-rank8.json \
+	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-frontier.json \
 	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
 
 clean:

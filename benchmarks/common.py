@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +36,13 @@ def _version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_json(path: str | Path, payload: dict) -> None:

@@ -255,8 +255,10 @@ def section(payload: dict, json_path: str) -> str:
         else:
             err = r["error"].replace("|", "/")[:160]
             lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} | | | |")
+    in_table = ("_over_allreduce_loss", "_over_allreduce_time_to_target")
     figs = [
-        f"{w}: " + ", ".join(f"{k} = {v:.3f}" for k, v in f.items() if v is not None)
+        f"{w}: " + ", ".join(f"{k} = {v:.3f}" for k, v in f.items()
+                             if v is not None and not k.endswith(in_table))
         for w, f in payload["figures"].items()
     ]
     lines += ["", "Ratios (same run): " + "; ".join(figs)]

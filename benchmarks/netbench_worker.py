@@ -155,11 +155,12 @@ def reached(losses: list[float], args, world: int) -> bool:
     return float(window) / world <= args.target_loss
 
 
-def bucket_cap_mb(arm: str, model: torch.nn.Module) -> float:
+def bucket_cap_mb(arm: str, model: torch.nn.Module, ddp_buckets: bool) -> float:
     """DDP's bucket size: its default (25 MB), except for torch's powerSGD_hook, which gets one
     bucket holding every gradient: with several, its second all-reduce (launched from a future
-    callback) races the next bucket's first, and on gloo that aborts or hangs (README)."""
-    if split_arm(arm)[0] == "torch_powersgd":
+    callback) races the next bucket's first, and on gloo that aborts or hangs (README). The
+    soak keeps DDP's buckets (``ddp_buckets``) to count exactly that."""
+    if not ddp_buckets and split_arm(arm)[0] == "torch_powersgd":
         return dense_grad_bytes(model) / 2**20 + 1
     return 25.0
 
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lgreco-period", type=int, default=20)
     p.add_argument("--lgreco-window", type=int, default=2)
     p.add_argument("--tau", type=int, default=4, help="local steps per CO2 / DiLoCo round")
+    p.add_argument("--torch-ddp-buckets", action="store_true",
+                   help="torch's powerSGD_hook keeps DDP's default buckets (see bucket_cap_mb)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     workload = WORKLOADS[args.workload](args.data, seed=args.seed)
     net = workload.model()
-    model = DDP(net, bucket_cap_mb=bucket_cap_mb(args.arm, net))
+    model = DDP(net, bucket_cap_mb=bucket_cap_mb(args.arm, net, args.torch_ddp_buckets))
     state = register_arm(model, args.arm, args, workload)
     opt = workload.optimizer(model.parameters())
     name = split_arm(args.arm)[0]

@@ -31,14 +31,13 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import environment, replace_block, write_json
+from benchmarks.common import environment, free_port, replace_block, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_ARMS = ["torch_powersgd", "torch_fp16"]
@@ -83,7 +82,7 @@ def worker_argv(arm: str, seed: int, out: Path, args) -> tuple[str, list[str]]:
         "--workload", "cnn", "--arm", arm, "--data", args.data, "--out", str(out),
         "--steps", str(args.steps), "--warmup-steps", "2", "--seed", str(seed),
         "--timeout", timeout, "--lgreco-warmup", "4", "--lgreco-period", "6",
-        "--lgreco-window", "2", "--tau", "4"]
+        "--lgreco-window", "2", "--tau", "4", "--torch-ddp-buckets"]
 
 
 def final_loss(arm: str, out: Path) -> float:
@@ -91,12 +90,6 @@ def final_loss(arm: str, out: Path) -> float:
         return json.loads(next(out.glob("pipeline-*.json")).read_text())["final_loss"]
     losses = json.loads((out / f"cnn-{arm}-rank0.json").read_text())["losses"]
     return statistics.fmean(losses[-4:])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Ranks are forked from a server that has imported torch and the workers once, which saves

@@ -254,3 +254,24 @@ def test_drop_loses_packets_at_the_given_rate():
             "time.sleep(0.0005)")]), check=True, timeout=60)
         received = int(receiver.communicate(timeout=30)[0])
     assert 1200 < received < 1600, received  # 1400 expected; binomial sd ~20
+
+
+def test_settings_sweep_draws_the_frontier(tmp_path):
+    """ARM@SETTING arms (make bench's L-GreCo frontier, at a tiny size)."""
+    out = tmp_path / "nb.json"
+    assert netbench.main([
+        "--workloads", "cnn", "--arms", "allreduce,powersgd@2,powersgd@4,lgreco_powersgd@4",
+        "--steps", "14", "--warmup-steps", "12", "--json", str(out),
+        "--data", str(REPO / "bench-results" / "data"),
+    ]) == 0
+    payload = json.loads(out.read_text())
+    recs = {r["arm"]: r for r in payload["results"]}
+    assert all(r["status"] == "ok" for r in recs.values()), recs
+    # rank 2 against 4 on the same steps: fewer bytes
+    assert recs["powersgd@2"]["ledger_bytes_per_step"] < recs["powersgd@4"]["ledger_bytes_per_step"]
+    assert "powersgd@4_over_allreduce_loss" not in payload["figures"]["cnn"]  # base names only
+    assert out.with_name("nb-frontier.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit):
+        netbench.parse_args(["--arms", "allreduce@4"])  # no setting to give
+    with pytest.raises(SystemExit):
+        netbench.parse_args(["--arms", "topk@dense"])

@@ -1,0 +1,230 @@
+"""What each default of the compression hook costs and buys: loss at equal steps and bytes,
+one default switched off at a time, paired with plain DDP on the same seeds.
+
+    python -m benchmarks.defaults [--quick] [--workloads resnet,cnn,lm] [--seeds 0,1]
+        [--arms NAME,...] [--json PATH] [--readme README.md]
+
+Loss at equal steps does not depend on the link, so the ranks run on the loopback (2 gloo
+ranks, one thread each), far faster than ``benchmarks.netbench``; bytes are the ledger's
+payload per step. Every arm runs on every seed with the same data and initial weights as the
+``allreduce`` arm of that seed; its figure is the ratio of the two smoothed losses (mean of the
+last steps/10 steps at the last step), averaged over seeds, with the per-seed ratios beside it.
+Writes JSON and prints one line; ``--readme`` regenerates README's table from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import environment, free_port, replace_block, write_json
+from benchmarks.netbench import smooth_for, smoothed
+from benchmarks.workloads import WORKLOADS, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+START, END = "<!-- defaults:start -->", "<!-- defaults:end -->"
+# quick: past the 10 dense warm-up steps where it is cheap, so the compressed steps run too
+STEPS = {"full": {"lm": 150, "cnn": 300, "resnet": 600},
+         "quick": {"lm": 3, "cnn": 14, "resnet": 14}}
+OLD = {"rank": 4, "warmup_steps": 0, "accordion": False, "min_compression_rate": 1.0}
+# name -> (method, options): the defaults, then each with one default undone
+ARMS = {
+    "allreduce": (None, {}),
+    "powersgd": ("powersgd", {}),
+    "powersgd no warm-up": ("powersgd", {"warmup_steps": 0}),
+    "powersgd no accordion": ("powersgd", {"accordion": False}),
+    "powersgd rank 4": ("powersgd", {"rank": 4}),
+    "powersgd min rate 1": ("powersgd", {"min_compression_rate": 1.0}),
+    "powersgd before (#24)": ("powersgd", OLD),
+    "topk": ("topk", {}),
+    "topk no momentum correction": ("topk", {"momentum": 0.0}),
+    "topk no accordion": ("topk", {"accordion": False}),
+    "topk density warm-up 100": ("topk", {"density_warmup_steps": 100}),
+    "topk before (#24)": ("topk", {"momentum": 0.0, "warmup_steps": 0, "accordion": False,
+                                   "min_compression_rate": 1.0}),
+    "qsgd": ("qsgd", {}),
+    "qsgd no accordion": ("qsgd", {"accordion": False}),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", default="resnet,cnn,lm")
+    p.add_argument("--seeds", default="0,1", help="comma list of seeds (paired across arms)")
+    p.add_argument("--arms", default="all", help=f"comma list from: {', '.join(ARMS)}")
+    p.add_argument("--lm-arms", default="allreduce,powersgd,powersgd no warm-up,"
+                   "powersgd no accordion,powersgd before (#24),topk,qsgd",
+                   help="the arms the (slow) lm workload runs, from --arms")
+    p.add_argument("--quick", action="store_true", help="a few steps: does it run at all")
+    p.add_argument("--data", default=str(REPO / "bench-results" / "data"))
+    p.add_argument("--json", default=str(REPO / "bench-results" / "defaults.json"))
+    p.add_argument("--readme", default=None, help="regenerate README's table from --json")
+    args = p.parse_args(argv)
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.arms = list(ARMS) if args.arms == "all" else args.arms.split(",")
+    args.lm_arms = args.lm_arms.split(",")
+    bad = [a for a in args.arms + args.lm_arms if a not in ARMS]
+    bad += [w for w in args.workloads if w not in WORKLOADS]
+    if bad:
+        p.error(f"unknown arms/workloads {bad}; arms: {list(ARMS)}, workloads: "
+                f"{sorted(WORKLOADS)}")
+    if "allreduce" not in args.arms:
+        args.arms.insert(0, "allreduce")  # every ratio is to it
+    return args
+
+
+def _rank(rank: int, port: int, spec: dict, out: str) -> None:
+    """One training rank: the arm's hook (with momentum correction for top-k where the
+    workload trains with momentum SGD, as its users are told), fixed steps, then the mean
+    loss curve over ranks and the ledger's bytes per step."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=300))
+    workload = WORKLOADS[spec["workload"]](spec["data"], seed=spec["seed"])
+    torch.manual_seed(spec["seed"])
+    model = DDP(workload.model())
+    method, options = ARMS[spec["arm"]]
+    state = None
+    if method is not None:
+        from hooks import CompressionState, compression_hook
+
+        if method == "topk":
+            options = {"momentum": getattr(workload, "momentum", 0.0), **options}
+        state = CompressionState(model, method, **options)
+        model.register_comm_hook(state, compression_hook)
+    opt = workload.optimizer(model.parameters())
+    losses = []
+    for step in range(spec["steps"]):
+        x, y = workload.batch(step, rank)
+        loss = workload.loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    curve = torch.tensor(losses, dtype=torch.float64)
+    dist.all_reduce(curve)
+    sent = None
+    if state is not None:
+        book = state.ledger
+        sent = sum(book.step_bytes(s) for s in range(spec["steps"])) / spec["steps"]
+    dense = sum(p.numel() * p.element_size() for p in model.parameters())
+    if rank == 0:
+        Path(out).write_text(json.dumps({"losses": (curve / 2).tolist(), "bytes": sent,
+                                         "dense_bytes": dense}))
+    del model, opt, state
+    import gc
+
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run(spec: dict, tmp: Path) -> dict:
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = str(tmp / "rank0.json")
+    port = free_port()
+    env = dict(os.environ)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        procs = [ctx.Process(target=_rank, args=(r, port, spec, out)) for r in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(1800)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    if codes != [0, 0] or not Path(out).exists():
+        raise RuntimeError(f"{spec['workload']}/{spec['arm']} seed {spec['seed']}: ranks "
+                           f"exited with {codes}")
+    rec = json.loads(Path(out).read_text())
+    Path(out).unlink()
+    k = smooth_for(spec["steps"])
+    return {"loss": smoothed(rec["losses"], k)[-1], "bytes_per_step": rec["bytes"],
+            "dense_bytes": rec["dense_bytes"]}
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per workload and arm: mean loss ratio to allreduce over the seeds (paired),
+    per-seed ratios, bytes per step and their ratio to dense."""
+    base = {(r["workload"], r["seed"]): r["loss"] for r in runs if r["arm"] == "allreduce"}
+    rows = []
+    for w in dict.fromkeys(r["workload"] for r in runs):
+        for arm in dict.fromkeys(r["arm"] for r in runs if r["workload"] == w):
+            mine = [r for r in runs if r["workload"] == w and r["arm"] == arm]
+            ratios = [r["loss"] / base[(w, r["seed"])] for r in mine]
+            sent = mine[0]["bytes_per_step"]
+            rows.append({
+                "workload": w, "arm": arm, "seeds": [r["seed"] for r in mine],
+                "loss": statistics.fmean(r["loss"] for r in mine),
+                "loss_over_allreduce": statistics.fmean(ratios), "per_seed": ratios,
+                "bytes_per_step": sent,
+                "dense_over_sent": None if not sent else mine[0]["dense_bytes"] / sent,
+            })
+    return rows
+
+
+def table(payload: dict, json_path: str) -> str:
+    cfg = payload["config"]
+    lines = [f"Steps {cfg['steps']}, seeds {cfg['seeds']}, 2 gloo ranks on the loopback. "
+             f"Command: `{cfg['command']}` → `{json_path}`", "",
+             "| workload | arm | loss at equal steps × allreduce (per seed) | payload MB/step "
+             "| dense / sent |", "|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        per = ", ".join(f"{x:.3f}" for x in r["per_seed"])
+        mb = "" if r["bytes_per_step"] is None else f"{r['bytes_per_step'] / 1e6:.3f}"
+        ratio = "" if r["dense_over_sent"] is None else f"{r['dense_over_sent']:.1f}"
+        lines.append(f"| {r['workload']} | {r['arm']} | **{r['loss_over_allreduce']:.3f}** "
+                     f"({per}) | {mb} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.readme:
+        payload = json.loads(Path(args.json).read_text())
+        replace_block(args.readme, START, END, table(payload, os.path.relpath(args.json)))
+        return 0
+    prepare(args.data)
+    steps = STEPS["quick" if args.quick else "full"]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in args.workloads:
+            arms = [a for a in args.arms if w != "lm" or a in args.lm_arms]
+            seeds = args.seeds[:1] if w == "lm" else args.seeds
+            for seed in seeds:
+                for arm in arms:
+                    spec = {"workload": w, "arm": arm, "seed": seed, "steps": steps[w],
+                            "data": args.data}
+                    runs.append({**spec, **run(spec, Path(tmp))})
+                    print(f"  {w}/{arm} seed {seed}: loss {runs[-1]['loss']:.4f}",
+                          file=sys.stderr, flush=True)
+    payload = {"benchmark": "defaults", "config": {
+        "steps": {w: steps[w] for w in args.workloads}, "seeds": args.seeds,
+        "command": "python -m benchmarks.defaults " + " ".join(argv or sys.argv[1:]),
+        "env": environment()}, "runs": runs, "rows": summarise(runs)}
+    write_json(args.json, payload)
+    print("defaults: " + ", ".join(f"{r['workload']}/{r['arm']} {r['loss_over_allreduce']:.3f}x"
+                                   for r in payload["rows"]) + f" -> {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
