@@ -108,12 +108,7 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
     opt = workload.optimizer(model.parameters())
     losses = []
     for step in range(spec["steps"]):
-        x, y = workload.batch(step, rank)
-        loss = workload.loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(workload.train_step(model, opt, step, rank))
     curve = torch.tensor(losses, dtype=torch.float64)
     dist.all_reduce(curve)
     sent = None

@@ -106,10 +106,27 @@ def launch(args, net: TwoHosts | None, mode: str, layers: int, index: int, out: 
     return procs, logs
 
 
+NATIVE_ABORT = "terminate called"
+RETRY_PORT_OFFSET = 500  # a fresh rendezvous port for the second attempt
+
+
 def run_one(args, net, mode: str, layers: int, index: int, out: Path) -> dict:
+    """One run; a run whose rank died in a native abort (gloo's teardown has done so, rarely,
+    under load, with no Python error before it) is run once more, and the record keeps the
+    first attempt's error under ``first_attempt_error``."""
+    rec = attempt(args, net, mode, layers, index, out)
+    if rec["status"] == "error" and NATIVE_ABORT in rec["error"]:
+        retry = attempt(args, net, mode, layers, index + RETRY_PORT_OFFSET, out)
+        return {**retry, "first_attempt_error": rec["error"]}
+    return rec
+
+
+def attempt(args, net, mode: str, layers: int, index: int, out: Path) -> dict:
     base = {"mode": mode, "layers": layers, "ranks": RANKS[mode],
             "network": "none" if RANKS[mode] == 1 else
             (f"two hosts, {args.bandwidth}" if net else "loopback")}
+    for stale in [out / f"{mode}-{layers}.json", *out.glob(f"{mode}-{layers}-rank*.progress")]:
+        stale.unlink(missing_ok=True)
     procs, logs = launch(args, net, mode, layers, index, out)
     start, hung = time.monotonic(), None
     pattern = f"{mode}-{layers}-rank*.progress"

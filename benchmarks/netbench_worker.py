@@ -224,12 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             before = iface_counters(iface)
             timed_from = time.perf_counter()
         start = time.perf_counter()
-        x, y = workload.batch(step, rank)
-        loss = workload.loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(workload.train_step(model, opt, step, rank))
         clock.append(time.perf_counter() - t0)
         if step >= args.warmup_steps:
             times.append(time.perf_counter() - start)

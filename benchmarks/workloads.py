@@ -131,7 +131,7 @@ class CNN1d(nn.Module):
 # -- workloads -----------------------------------------------------------------------------------
 class Workload:
     """model(), optimizer(params), batch(step, rank) -> (inputs, targets),
-    loss(outputs, targets)."""
+    loss(outputs, targets), and train_step, the loop body every benchmark shares."""
 
     name: str
     lr: float = 1e-3
@@ -142,6 +142,16 @@ class Workload:
 
     def optimizer(self, params) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.lr)
+
+    def train_step(self, model: nn.Module, opt: torch.optim.Optimizer, step: int,
+                   rank: int) -> float:
+        """One optimizer step on this rank's batch ``step``; returns the loss before it."""
+        x, y = self.batch(step, rank)
+        loss = self.loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
 
 
 class LMWorkload(Workload):
