@@ -15,6 +15,7 @@ from benchmarks.netbench import smoothed
 from benchmarks.netns import default_burst
 
 START, END = "<!-- netbench:start -->", "<!-- netbench:end -->"
+FRONTIER_START, FRONTIER_END = "<!-- frontier:start -->", "<!-- frontier:end -->"
 
 
 def plot(payload: dict, path: str) -> None:
@@ -256,12 +257,12 @@ def section(payload: dict, json_path: str) -> str:
             err = r["error"].replace("|", "/")[:160]
             lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} | | | |")
     in_table = ("_over_allreduce_loss", "_over_allreduce_time_to_target")
-    figs = [
-        f"{w}: " + ", ".join(f"{k} = {v:.3f}" for k, v in f.items()
-                             if v is not None and not k.endswith(in_table))
-        for w, f in payload["figures"].items()
-    ]
-    lines += ["", "Ratios (same run): " + "; ".join(figs)]
+    figs = {w: ", ".join(f"{k} = {v:.3f}" for k, v in f.items()
+                         if v is not None and not k.endswith(in_table))
+            for w, f in payload["figures"].items()}
+    figs = [f"{w}: {text}" for w, text in figs.items() if text]
+    if figs:
+        lines += ["", "Ratios (same run): " + "; ".join(figs)]
     rounds = [f"{r['workload']}/{r['arm']} {r['mean_round_wait_s']:.3f} of "
               f"{r['mean_round_s']:.3f}" for r in payload["results"]
               if r["status"] == "ok" and r.get("mean_round_s") is not None]
@@ -300,13 +301,40 @@ def loss_at_wallclock(payload: dict, workload: str) -> tuple[float, dict[str, fl
     return at, out
 
 
+def frontier_table(payload: dict, json_path: str) -> str:
+    """L-GreCo against the uniform setting at each budget of a sweep: each side's wire bytes
+    per step and loss at equal steps, and which way the adaptive point lies."""
+    lines = [f"From `{json_path}`:", "",
+             "| workload | family | budget | uniform: wire MB/step, loss at equal steps "
+             "| L-GreCo: wire MB/step, loss | L-GreCo's point |", "|---|---|---|---|---|---|"]
+    for (w, family), sides in sorted(frontier_points(payload).items()):
+        adaptive = {p[3]: p for p in sides["adaptive"]}
+        for u in sorted(sides["uniform"]):
+            a = adaptive.get(u[3])
+            if a is None:
+                continue
+            nb, loss = a[0] / u[0] - 1, a[1] / u[1] - 1
+            verdict = ("the same" if abs(nb) < 0.01 and abs(loss) < 0.01 else
+                       f"{abs(nb):.0%} {'fewer' if nb < 0 else 'more'} bytes, "
+                       f"{abs(loss):.1%} {'lower' if loss < 0 else 'higher'} loss")
+            lines.append(f"| {w} | {family} | {u[3]} | {u[0] / 1e6:.3f}, {u[1]:.3f} "
+                         f"| {a[0] / 1e6:.3f}, {a[1]:.3f} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def update_readme(readme: str, json_paths: list[str]) -> None:
-    """Replace the text between the netbench markers with tables from the JSON files."""
-    blocks = []
+    """Replace the text between the netbench markers with tables from the JSON files, and
+    the frontier block (where README has one) with the budget sweeps among them."""
+    blocks, sweeps = [], []
     for path in json_paths:
         with open(path) as f:
-            blocks.append(section(json.load(f), os.path.relpath(path)))
+            payload = json.load(f)
+        blocks.append(section(payload, os.path.relpath(path)))
+        if frontier_points(payload):
+            sweeps.append(frontier_table(payload, os.path.relpath(path)))
     replace_block(readme, START, END, "\n\n".join(blocks) + "\n")
+    if sweeps and FRONTIER_START in Path(readme).read_text():
+        replace_block(readme, FRONTIER_START, FRONTIER_END, "\n".join(sweeps))
 
 
 def main() -> None:
