@@ -128,12 +128,9 @@ def register_arm(model: DDP, arm: str, args, workload) -> object | None:
     from hooks import CompressionState, LGreCoState, compression_hook
 
     opts = arm_options(arm, args, workload)
-    if name in LGRECO_ARMS:
-        from distcomp.config import CompressionConfig
-
+    if name in LGRECO_ARMS:  # the first plan comes no earlier than the dense warm-up's end
         method, options = LGRECO_ARMS[name]
-        warmup = max(args.lgreco_warmup, CompressionConfig().warmup_steps)
-        plan = {"warmup_steps": warmup, "period": args.lgreco_period,
+        plan = {"warmup_steps": args.lgreco_warmup, "period": args.lgreco_period,
                 "window": args.lgreco_window, **options}
         state = LGreCoState(model, method, lgreco=plan, **opts)
     else:

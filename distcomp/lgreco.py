@@ -41,7 +41,8 @@ ERROR_MEASURES = ("gradient", "layer_sum")
 class LGreCoConfig:
     """Knobs of the adaptive planner.
 
-    warmup_steps: first plan at this step (before it: the uniform setting). >= window.
+    warmup_steps: first plan at this step (before it: the uniform setting), or at the end of
+        the compression's dense warm-up where that is later. >= window.
     period: steps between re-plans.
     window: steps of gradients summed for the statistics of each plan.
     alpha: error budget as a multiple of the uniform setting's total error (1.0: no worse).

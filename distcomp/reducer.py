@@ -22,7 +22,7 @@ Per bucket, with W ranks:
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -115,8 +115,10 @@ class CompressedReducer:
         self.rank = rank
         uniform = self.compressor.validate_setting(config.setting)
         self.lgreco = None
-        if lgreco is not None:
-            self.lgreco = LGreCo(lgreco, self.compressor, uniform, config.min_compression_rate)
+        if lgreco is not None:  # no plan before the dense warm-up ends: nothing to compress
+            first = max(lgreco.warmup_steps, config.warmup_steps)
+            self.lgreco = LGreCo(replace(lgreco, warmup_steps=first), self.compressor, uniform,
+                                 config.min_compression_rate)
         self.accordion = None
         if config.accordion:
             self.accordion = Accordion(config.accordion_interval, config.accordion_threshold,

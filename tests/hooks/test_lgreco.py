@@ -110,6 +110,23 @@ def test_plans_follow_the_accordion_baseline_on_every_rank():
         assert all(rec["held"]), method
 
 
+def _after_dense_warmup(rank, world):
+    model, state, opt = _make("powersgd", {"warmup_steps": 6, "accordion": False})
+    _steps(model, opt, rank, 0, 12)
+    lg = state.reducer.lgreco
+    return [p["step"] for p in lg.plans], dict(state.reducer.settings)
+
+
+def test_a_plan_due_inside_the_dense_warmup_comes_when_it_ends():
+    """L-GreCo's first plan (step 3) falls in 6 dense steps: it is made at step 6, from the
+    raw gradients of steps 4-5, and the schedule continues from there."""
+    r0, r1 = run_ranks(_after_dense_warmup, timeout_s=240)
+    assert r0 == r1
+    steps, settings = r0
+    assert steps == [6, 10]
+    assert set(settings.values()) != {SETTINGS["powersgd"]["rank"]}  # it planned, not uniform
+
+
 def _resume(rank, world):
     out = {}
     for method in SETTINGS:
