@@ -38,6 +38,9 @@ OLD = {"rank": 4, "warmup_steps": 0, "accordion": False, "min_compression_rate":
 # name -> (method, options): the defaults, then each with one default undone
 ARMS = {
     "allreduce": (None, {}),
+    # torch's fp16_compress_hook: nearly exact, so its ratio is how far any perturbation of the
+    # trajectory moves the loss at equal steps, the floor under every compressed arm's ratio
+    "torch fp16 (noise floor)": ("torch_fp16", {}),
     "powersgd": ("powersgd", {}),
     "powersgd no warm-up": ("powersgd", {"warmup_steps": 0}),
     "powersgd no accordion": ("powersgd", {"accordion": False}),
@@ -60,8 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workloads", default="resnet,cnn,lm")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (paired across arms)")
     p.add_argument("--arms", default="all", help=f"comma list from: {', '.join(ARMS)}")
-    p.add_argument("--lm-arms", default="allreduce,powersgd,powersgd no warm-up,"
-                   "powersgd no accordion,powersgd before (#24),topk,qsgd",
+    p.add_argument("--lm-arms", default="allreduce,torch fp16 (noise floor),powersgd,"
+                   "powersgd no warm-up,powersgd no accordion,powersgd before (#24),topk,qsgd",
                    help="the arms the (slow) lm workload runs, from --arms")
     p.add_argument("--quick", action="store_true", help="a few steps: does it run at all")
     p.add_argument("--data", default=str(REPO / "bench-results" / "data"))
@@ -98,7 +101,11 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
     model = DDP(workload.model())
     method, options = ARMS[spec["arm"]]
     state = None
-    if method is not None:
+    if method == "torch_fp16":
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif method is not None:
         from hooks import CompressionState, compression_hook
 
         if method == "topk":
