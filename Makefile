@@ -105,6 +105,8 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
 	  --json $(RESULTS)/netbench-frontier.json --arms $(FRONTIER_ARMS)
 	$(RUN) $(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json
+	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet,cnn --seeds 0,1,2,3,4,5 \
+	  --arms 'allreduce,torch fp16 (noise floor),powersgd' --json $(RESULTS)/defaults-seeds.json
 	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
@@ -121,6 +123,7 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json
 	$(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json --readme README.md
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json --readme README.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-seeds.json --readme README.md
 	$(BIN)/python -m benchmarks.gnnpipe_report --readme README.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data_report --readme README.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \

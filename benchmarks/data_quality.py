@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.common import environment, write_json
+from benchmarks.common import ci95, environment, write_json
 from data_compress import scores
 from data_compress.dynamics import ProbeMLP, train_probe
 from data_compress.quantize import quantize
@@ -264,16 +264,6 @@ def run(dataset: str, seeds: int, methods, ratios, steps: int, probe_epochs: int
             "spacing_diff_vs_random": float((gap[(method, ratio)] - gap[("random", ratio)]).mean()),
         })
     return records
-
-
-def ci95(diffs: np.ndarray) -> float:
-    """Half-width of the 95% confidence interval of the mean of paired differences (Student t,
-    n - 1 degrees of freedom): the mean difference is "better than random" only when it exceeds
-    this. 0 for a single seed."""
-    from scipy.stats import t
-
-    n = len(diffs)
-    return float(t.ppf(0.975, n - 1) * diffs.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,9 +22,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from benchmarks.workloads import WORKLOADS, dense_grad_bytes, parameter_count
 
 OUR_ARMS = {"powersgd", "topk", "qsgd"}
-# ours with a fixed setting (no Accordion schedule) and torch's dense warm-up: the arm to set
-# beside torch's powerSGD_hook at the same rank
-FIXED_ARMS = {"powersgd_fixed": "powersgd"}
+# ours with a fixed setting (no Accordion schedule) and torch's dense warm-up: powersgd_fixed is
+# the arm to set beside torch's powerSGD_hook at the same rank; qsgd_fixed shows what the
+# schedule's gentle bits cost in time
+FIXED_ARMS = {"powersgd_fixed": "powersgd", "qsgd_fixed": "qsgd"}
 # L-GreCo arms: family and the LGreCoConfig options that differ from the defaults
 LGRECO_ARMS = {
     "lgreco_powersgd": ("powersgd", {}),
@@ -44,7 +45,7 @@ CO2_ARMS = {
     "co2_bf16": {"overlap": True, "wire_dtype": "bfloat16"},
 }
 ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "powersgd_fixed",
-        "topk", "qsgd", *LGRECO_ARMS, *CO2_ARMS]
+        "topk", "qsgd", "qsgd_fixed", *LGRECO_ARMS, *CO2_ARMS]
 FAMILY_KNOB = {"powersgd": "rank", "topk": "density", "qsgd": "bits"}
 
 

@@ -40,7 +40,7 @@ def test_data_quality_records(tmp_path):
 
 
 def test_ci95_is_the_paired_t_half_width():
-    from benchmarks.data_quality import ci95
+    from benchmarks.common import ci95
 
     # diffs 1, 2, 3: sd 1, n 3, t(0.975, 2) = 4.3027
     assert ci95(np.array([1.0, 2.0, 3.0])) == pytest.approx(4.3027 / np.sqrt(3), rel=1e-4)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import defaults
 
 
@@ -25,7 +27,23 @@ def test_quick_run_pairs_every_arm_with_allreduce_and_renders(tmp_path):
     floor = rows["torch fp16 (noise floor)"]  # torch's own hook: no ledger of ours
     assert floor["bytes_per_step"] is None and 0.5 < floor["loss_over_allreduce"] < 2.0
     readme = tmp_path / "README.md"
-    readme.write_text(f"x\n{defaults.START}\nold\n{defaults.END}\ny\n")
+    readme.write_text("x\n<!-- d:start -->\nold\n<!-- d:end -->\n"
+                      "<!-- defaults:start -->\nkept\n<!-- defaults:end -->\n")
     assert defaults.main(["--json", str(out), "--readme", str(readme)]) == 0
-    text = readme.read_text()
-    assert "| cnn | powersgd | **" in text and "old" not in text
+    text = readme.read_text()  # the block named after the JSON's stem, no other
+    assert "| cnn | powersgd | **" in text and "old" not in text and "kept" in text
+    missing = tmp_path / "other.json"
+    missing.write_text(out.read_text())
+    with pytest.raises(SystemExit, match="other:start"):
+        defaults.main(["--json", str(missing), "--readme", str(readme)])
+
+
+def test_three_seeds_and_up_carry_a_95_percent_interval():
+    row = {"workload": "resnet", "arm": "powersgd", "loss_over_allreduce": 1.05,
+           "per_seed": [1.0, 1.05, 1.1], "bytes_per_step": None, "dense_over_sent": None}
+    payload = {"config": {"steps": {"resnet": 600}, "seeds": [0, 1, 2], "command": "c"},
+               "rows": [{**row, "ci95": 0.124}, {**row, "arm": "two", "per_seed": [1.0, 1.1],
+                                                 "ci95": 0.635}]}
+    lines = defaults.table(payload, "d.json").splitlines()
+    assert "| resnet | powersgd | **1.050** (± 0.124; 1.000, 1.050, 1.100) |" in lines[-2]
+    assert "| resnet | two | **1.050** (1.000, 1.100) |" in lines[-1]  # two seeds: no interval

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -275,3 +276,16 @@ def test_settings_sweep_draws_the_frontier(tmp_path):
         netbench.parse_args(["--arms", "allreduce@4"])  # no setting to give
     with pytest.raises(SystemExit):
         netbench.parse_args(["--arms", "topk@dense"])
+
+
+def test_fixed_arms_turn_the_schedule_off_and_keep_the_dense_warmup():
+    from benchmarks.netbench_worker import arm_options, family
+    from benchmarks.workloads import WORKLOADS
+
+    args = SimpleNamespace(timeout=300.0, rank=None, density=None, bits=None)  # worker's flags
+    workload = WORKLOADS["cnn"]
+    for arm, method in (("qsgd_fixed", "qsgd"), ("powersgd_fixed", "powersgd")):
+        opts = arm_options(arm, args, workload)
+        assert family(arm) == method
+        assert opts["accordion"] is False and opts["warmup_steps"] == 10
+    assert "accordion" not in arm_options("qsgd", args, workload)  # the library's default
