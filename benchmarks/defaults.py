@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.common import ci95, environment, free_port, replace_block, write_json
 from benchmarks.netbench import smooth_for, smoothed
+from benchmarks.netbench_worker import bucket_cap_mb, torch_start_iter
 from benchmarks.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,9 @@ ARMS = {
     # gentle setting (a layer is critical at a 20% change of its gradient norm, not 50%)
     "powersgd rank 16": ("powersgd", {"rank": 16}),
     "powersgd accordion threshold 0.2": ("powersgd", {"accordion_threshold": 0.2}),
+    # torch's powerSGD_hook at our rank and dense warm-up, one bucket (its several-bucket race
+    # aborts gloo, see netbench_worker.bucket_cap_mb): the anchor for "powersgd no accordion"
+    "torch powersgd (rank 8 warm-up 10)": ("torch_powersgd", {}),
     "topk": ("topk", {}),
     "topk no momentum correction": ("topk", {"momentum": 0.0}),
     "topk no accordion": ("topk", {"accordion": False}),
@@ -70,7 +74,9 @@ ARMS = {
     "qsgd": ("qsgd", {}),
     "qsgd no accordion": ("qsgd", {"accordion": False}),
 }
-CANDIDATES = {"powersgd rank 16", "powersgd accordion threshold 0.2"}  # named only, not in "all"
+# named only, not in "all": candidates for a default, and torch's hook as an anchor
+NAMED_ONLY = {"powersgd rank 16", "powersgd accordion threshold 0.2",
+              "torch powersgd (rank 8 warm-up 10)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,7 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (paired across arms)")
     p.add_argument("--arms", default="all",
                    help=f"comma list from: {', '.join(ARMS)}; 'all' (the default): all but "
-                        f"{', '.join(sorted(CANDIDATES))}")
+                        f"{', '.join(sorted(NAMED_ONLY))}")
     p.add_argument("--lm-arms", default="allreduce,torch fp16 (noise floor),powersgd,"
                    "powersgd no warm-up,powersgd no accordion,powersgd before (#24),topk,qsgd",
                    help="the arms the (slow) lm workload runs, from --arms")
@@ -90,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    args.arms = ([a for a in ARMS if a not in CANDIDATES] if args.arms == "all"
+    args.arms = ([a for a in ARMS if a not in NAMED_ONLY] if args.arms == "all"
                  else args.arms.split(","))
     args.lm_arms = args.lm_arms.split(",")
     bad = [a for a in args.arms + args.lm_arms if a not in ARMS]
@@ -116,13 +122,23 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
                             timeout=datetime.timedelta(seconds=300))
     workload = WORKLOADS[spec["workload"]](spec["data"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])
-    model = DDP(workload.model())
     method, options = ARMS[spec["arm"]]
+    net = workload.model()
+    model = DDP(net, bucket_cap_mb=bucket_cap_mb(
+        "torch_powersgd" if method == "torch_powersgd" else "allreduce", net, ddp_buckets=False))
     state = None
     if method == "torch_fp16":
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
         model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif method == "torch_powersgd":
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
+
+        from distcomp.config import CompressionConfig
+
+        torch_state = ps.PowerSGDState(None, matrix_approximation_rank=CompressionConfig().rank,
+                                       start_powerSGD_iter=torch_start_iter())
+        model.register_comm_hook(torch_state, ps.powerSGD_hook)
     elif method is not None:
         from hooks import CompressionState, compression_hook
 

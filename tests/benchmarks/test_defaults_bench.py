@@ -12,20 +12,21 @@ from benchmarks import defaults
 def test_quick_run_pairs_every_arm_with_allreduce_and_renders(tmp_path):
     out = tmp_path / "d.json"
     assert defaults.main(["--quick", "--workloads", "cnn", "--seeds", "0,1",
-                          "--arms", "torch fp16 (noise floor),powersgd,topk no momentum correction",
-                          "--json", str(out)]) == 0
+                          "--arms", "torch fp16 (noise floor),powersgd,topk no momentum correction,"
+                          "torch powersgd (rank 8 warm-up 10)", "--json", str(out)]) == 0
     payload = json.loads(out.read_text())
     rows = {r["arm"]: r for r in payload["rows"]}
     assert list(rows) == ["allreduce", "torch fp16 (noise floor)", "powersgd",
-                          "topk no momentum correction"]
+                          "topk no momentum correction", "torch powersgd (rank 8 warm-up 10)"]
     assert rows["allreduce"]["per_seed"] == [1.0, 1.0]
     for arm in ("powersgd", "topk no momentum correction"):
         r = rows[arm]
         assert r["seeds"] == [0, 1] and len(r["per_seed"]) == 2
         assert 0.5 < r["loss_over_allreduce"] < 2.0
         assert r["dense_over_sent"] > 1.0  # 4 of the 14 steps compress after the warm-up
-    floor = rows["torch fp16 (noise floor)"]  # torch's own hook: no ledger of ours
-    assert floor["bytes_per_step"] is None and 0.5 < floor["loss_over_allreduce"] < 2.0
+    for arm in ("torch fp16 (noise floor)", "torch powersgd (rank 8 warm-up 10)"):
+        r = rows[arm]  # torch's own hooks: no ledger of ours
+        assert r["bytes_per_step"] is None and 0.5 < r["loss_over_allreduce"] < 2.0
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- d:start -->\nold\n<!-- d:end -->\n"
                       "<!-- defaults:start -->\nkept\n<!-- defaults:end -->\n")
