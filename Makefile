@@ -109,6 +109,9 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json
 	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet,cnn --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,torch fp16 (noise floor),powersgd' --json $(RESULTS)/defaults-seeds.json
+	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet --seeds 0,1,2,3,4,5 \
+	  --arms 'allreduce,powersgd rank 16,powersgd accordion threshold 0.2' \
+	  --json $(RESULTS)/defaults-candidates.json
 	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
@@ -126,6 +129,7 @@ bench: venv sysdeps
 	$(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json --readme README.md
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json --readme README.md
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-seeds.json --readme README.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-candidates.json --readme README.md
 	$(BIN)/python -m benchmarks.gnnpipe_report --readme README.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data_report --readme README.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \
