@@ -112,6 +112,9 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,powersgd rank 16,powersgd accordion threshold 0.2' \
 	  --json $(RESULTS)/defaults-candidates.json
+	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads cnn,resnet --seeds 0,1,2,3,4,5 \
+	  --arms 'allreduce,powersgd no accordion,torch powersgd (rank 8 warm-up 10)' \
+	  --json $(RESULTS)/defaults-torch.json
 	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
@@ -130,6 +133,7 @@ bench: venv sysdeps
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json --readme README.md
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-seeds.json --readme README.md
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-candidates.json --readme README.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-torch.json --readme README.md
 	$(BIN)/python -m benchmarks.gnnpipe_report --readme README.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data_report --readme README.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \
