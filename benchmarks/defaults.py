@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.common import ci95, environment, free_port, replace_block, write_json
 from benchmarks.netbench import smooth_for, smoothed
-from benchmarks.netbench_worker import bucket_cap_mb, torch_start_iter
+from benchmarks.netbench_worker import TORCH_HOOKS, bucket_cap_mb, register_torch_hook
 from benchmarks.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,18 +127,8 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
     model = DDP(net, bucket_cap_mb=bucket_cap_mb(
         "torch_powersgd" if method == "torch_powersgd" else "allreduce", net, ddp_buckets=False))
     state = None
-    if method == "torch_fp16":
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
-    elif method == "torch_powersgd":
-        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
-
-        from distcomp.config import CompressionConfig
-
-        torch_state = ps.PowerSGDState(None, matrix_approximation_rank=CompressionConfig().rank,
-                                       start_powerSGD_iter=torch_start_iter())
-        model.register_comm_hook(torch_state, ps.powerSGD_hook)
+    if method in TORCH_HOOKS:
+        register_torch_hook(model, method)
     elif method is not None:
         from hooks import CompressionState, compression_hook
 

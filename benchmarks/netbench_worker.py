@@ -101,6 +101,30 @@ def torch_start_iter() -> int:
     return max(2, CompressionConfig().warmup_steps)
 
 
+TORCH_HOOKS = ("torch_fp16", "torch_powersgd")
+
+
+def register_torch_hook(model: DDP, name: str, rank: int | None = None) -> None:
+    """Attach one of torch's own hooks (``TORCH_HOOKS``), the anchors beside ours:
+    fp16_compress_hook, or powerSGD_hook at ``rank`` (our default when None) with our dense
+    warm-up as its start_powerSGD_iter. powerSGD_hook needs one DDP bucket on gloo
+    (:func:`bucket_cap_mb`)."""
+    if name == "torch_fp16":
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return
+    if name != "torch_powersgd":
+        raise ValueError(f"{name!r} is not one of torch's hooks {TORCH_HOOKS}")
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
+
+    from distcomp.config import CompressionConfig
+
+    state = ps.PowerSGDState(None, matrix_approximation_rank=rank or CompressionConfig().rank,
+                             start_powerSGD_iter=torch_start_iter())
+    model.register_comm_hook(state, ps.powerSGD_hook)
+
+
 def register_arm(model: DDP, arm: str, args, workload) -> object | None:
     """Attach the arm's communication hook; returns our CompressionState where there is one."""
     name, _ = split_arm(arm)
@@ -111,20 +135,8 @@ def register_arm(model: DDP, arm: str, args, workload) -> object | None:
 
         model.register_comm_hook(None, local_hook)
         return None
-    if name == "torch_fp16":
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
-        return None
-    if name == "torch_powersgd":
-        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
-
-        from distcomp.config import CompressionConfig
-
-        rank = args.rank or CompressionConfig().rank
-        state = ps.PowerSGDState(None, matrix_approximation_rank=rank,
-                                 start_powerSGD_iter=torch_start_iter())
-        model.register_comm_hook(state, ps.powerSGD_hook)
+    if name in TORCH_HOOKS:
+        register_torch_hook(model, name, args.rank)
         return None
     from hooks import CompressionState, LGreCoState, compression_hook
 
