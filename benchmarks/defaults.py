@@ -62,6 +62,10 @@ ARMS = {
     # gentle setting (a layer is critical at a 20% change of its gradient norm, not 50%)
     "powersgd rank 16": ("powersgd", {"rank": 16}),
     "powersgd accordion threshold 0.2": ("powersgd", {"accordion_threshold": 0.2}),
+    # L-GreCo with the library's planner defaults, budgeted on uniform rank 8 and rank 16:
+    # does per-layer rank buy rank 16's accuracy for fewer bytes than uniform rank 16?
+    "lgreco powersgd": ("lgreco_powersgd", {}),
+    "lgreco powersgd rank 16": ("lgreco_powersgd", {"rank": 16}),
     # torch's powerSGD_hook at our rank and dense warm-up, one bucket (its several-bucket race
     # aborts gloo, see netbench_worker.bucket_cap_mb): the anchor for "powersgd no accordion"
     "torch powersgd (rank 8 warm-up 10)": ("torch_powersgd", {}),
@@ -75,7 +79,8 @@ ARMS = {
     "qsgd no accordion": ("qsgd", {"accordion": False}),
 }
 # named only, not in "all": candidates for a default, and torch's hook as an anchor
-NAMED_ONLY = {"powersgd rank 16", "powersgd accordion threshold 0.2",
+NAMED_ONLY = {"powersgd rank 16", "powersgd accordion threshold 0.2", "lgreco powersgd",
+              "lgreco powersgd rank 16",
               "torch powersgd (rank 8 warm-up 10)"}
 
 
@@ -130,11 +135,14 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
     if method in TORCH_HOOKS:
         register_torch_hook(model, method)
     elif method is not None:
-        from hooks import CompressionState, compression_hook
+        from hooks import CompressionState, LGreCoState, compression_hook
 
         if method == "topk":
             options = {"momentum": getattr(workload, "momentum", 0.0), **options}
-        state = CompressionState(model, method, **options)
+        if method.startswith("lgreco_"):
+            state = LGreCoState(model, method.removeprefix("lgreco_"), **options)
+        else:
+            state = CompressionState(model, method, **options)
         model.register_comm_hook(state, compression_hook)
     opt = workload.optimizer(model.parameters())
     losses = []
