@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    := OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1 PATH=$(CURDIR)/$(BIN):$$PATH
 TORCHRUN := $(RUN) $(BIN)/torchrun --standalone --nproc_per_node=2
 
-.PHONY: venv sysdeps mpi deepspeed horovod horovod-build test test-horovod lint demo bench clean
+.PHONY: venv sysdeps mpi deepspeed horovod horovod-build test test-horovod lint docs demo bench clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,18 @@ sysdeps:
 
 lint: venv
 	$(BIN)/ruff check .
+
+# The API reference from the docstrings (pdoc) into build/api/; every module of a package with
+# an __all__ named (it hides submodules from pdoc's own walk). Part of `make test`, so CI
+# checks that it builds.
+mods = $(patsubst %.py,$(2).%,$(notdir $(filter-out %/__init__.py,$(wildcard $(1)/*.py))))
+DOC_MODULES := distcomp $(call mods,distcomp,distcomp) distcomp.workloads \
+  $(call mods,distcomp/workloads,distcomp.workloads) distcomp.hooks $(call mods,hooks,distcomp.hooks) \
+  distcomp.data
+docs: venv
+	$(RUN) $(BIN)/python -m pdoc --docformat restructuredtext -o build/api $(DOC_MODULES)
+	@test -s build/api/distcomp/hooks/ddp.html && test -s build/api/distcomp/data/cli.html && \
+	  echo "API reference: build/api/index.html"
 
 # mpi4py (the mpi extra) compiles against the system's Open MPI, so it comes after sysdeps;
 # where it cannot install, the MPI tests skip and say so.
@@ -76,7 +88,7 @@ horovod-build:
 	  HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS= \
 	  $(BIN)/pip install -q -c constraints.txt --no-build-isolation ./$(HVD_SRC)
 
-test: deepspeed lint sysdeps mpi
+test: deepspeed lint docs sysdeps mpi
 	$(RUN) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # Horovod's tests are not in `make test` (CI): building Horovod takes ~4 minutes here.
@@ -115,6 +127,9 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads cnn,resnet --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,powersgd no accordion,torch powersgd (rank 8 warm-up 10)' \
 	  --json $(RESULTS)/defaults-torch.json
+	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet --seeds 0,1,2,3,4,5 \
+	  --arms 'allreduce,powersgd,lgreco powersgd,lgreco powersgd rank 16' \
+	  --json $(RESULTS)/defaults-lgreco.json
 	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
@@ -129,16 +144,17 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.gnnpipe --json $(RESULTS)/gnnpipe.json
 	$(MAKE) --no-print-directory deepspeed horovod
 	$(RUN) $(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json
-	$(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json --readme README.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json --readme README.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-seeds.json --readme README.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-candidates.json --readme README.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-torch.json --readme README.md
-	$(BIN)/python -m benchmarks.gnnpipe_report --readme README.md $(RESULTS)/gnnpipe.json
-	$(BIN)/python -m benchmarks.data_report --readme README.md --val $(RESULTS)/data_quality_val.json \
+	$(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-seeds.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-candidates.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-torch.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-lgreco.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.gnnpipe_report --readme BENCHMARKS.md $(RESULTS)/gnnpipe.json
+	$(BIN)/python -m benchmarks.data_report --readme BENCHMARKS.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \
 	  $(RESULTS)/data_scale_kmeans.json
-	$(BIN)/python -m benchmarks.netbench_report --readme README.md $(RESULTS)/netbench.json \
+	$(BIN)/python -m benchmarks.netbench_report --readme BENCHMARKS.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-frontier.json \
 	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
 

@@ -35,7 +35,7 @@ def _mlp(dtype: torch.dtype = torch.float32) -> nn.Module:
 
 
 def _state(method: str = "powersgd", lgreco=None, **opts):
-    from hooks.ddp import CompressionState
+    from distcomp.hooks.ddp import CompressionState
     return lambda ctx: CompressionState(_mlp(), method, lgreco=lgreco, **opts)
 
 
@@ -89,7 +89,7 @@ def _train(build, method: str | None, inputs, steps: int = 3, **opts) -> torch.T
     ``method`` is None); the flat parameters after them."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from hooks.ddp import CompressionState, compression_hook
+    from distcomp.hooks.ddp import CompressionState, compression_hook
 
     torch.manual_seed(0)
     model = build()
@@ -137,7 +137,7 @@ def _ddp_state(build) -> Callable[[Ctx], None]:
     def act(ctx: Ctx) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from hooks.ddp import CompressionState
+        from distcomp.hooks.ddp import CompressionState
         CompressionState(DDP(build()), "powersgd")
     return act
 

@@ -17,7 +17,7 @@ def _cli(*argv) -> Callable[[Ctx], None]:
     """Run ``distcomp-data argv`` in this process (``{in}``/``{out}`` name paths under the
     case's directory); a non-zero exit raises :class:`ExitStatus`."""
     def act(ctx: Ctx) -> None:
-        from data_compress.cli import main
+        from distcomp.data.cli import main
 
         args = [str(a).format(**{"in": ctx.work / "in", "out": ctx.work / "out"})
                 for a in argv]

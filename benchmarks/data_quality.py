@@ -39,9 +39,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmarks.common import ci95, environment, write_json
-from data_compress import scores
-from data_compress.dynamics import ProbeMLP, train_probe
-from data_compress.quantize import quantize
+from distcomp.data import scores
+from distcomp.data.dynamics import ProbeMLP, train_probe
+from distcomp.data.quantize import quantize
 
 METHODS = ("random", "dq", "dq-kmeans", "el2n", "grand", "forgetting", "moderate", "kcenter",
            "ccs")

@@ -3,7 +3,7 @@
     python -m benchmarks.data_scale [--n 1000000] [--dim 128] [--binning kmeans] --json PATH
 
 Synthetic clustered embeddings (10 classes, each a mixture of 20 Gaussian clusters on the unit
-sphere), then :func:`data_compress.quantize.quantize` at ratio 0.1 with its default bins: 10
+sphere), then :func:`distcomp.data.quantize.quantize` at ratio 0.1 with its default bins: 10
 GraphCut bins and the default method choice, or with ``--binning kmeans`` one k-means bin per
 3 kept samples. Each size runs in a fresh process so its peak RSS (ru_maxrss) is its own; sizes are
 1e5, 3e5 and ``--n``. Records: {"n", "dim", "seconds", "peak_rss_bytes", "method", "kept"},
@@ -35,7 +35,7 @@ def synthetic(n: int, dim: int, seed: int = 0, classes: int = 10, modes: int = 2
 
 
 def one(n: int, dim: int, binning: str = "graphcut") -> dict:
-    from data_compress.quantize import graphcut_method, quantize
+    from distcomp.data.quantize import graphcut_method, quantize
 
     x, labels = synthetic(n, dim)
     start = time.perf_counter()

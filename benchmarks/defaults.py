@@ -29,7 +29,7 @@ import torch
 from benchmarks.common import ci95, environment, free_port, replace_block, write_json
 from benchmarks.netbench import smooth_for, smoothed
 from benchmarks.netbench_worker import TORCH_HOOKS, bucket_cap_mb, register_torch_hook
-from benchmarks.workloads import WORKLOADS, prepare
+from distcomp.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
     if method in TORCH_HOOKS:
         register_torch_hook(model, method)
     elif method is not None:
-        from hooks import CompressionState, LGreCoState, compression_hook
+        from distcomp.hooks import CompressionState, LGreCoState, compression_hook
 
         if method == "topk":
             options = {"momentum": getattr(workload, "momentum", 0.0), **options}
@@ -158,10 +158,8 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
     if rank == 0:
         Path(out).write_text(json.dumps({"losses": (curve / 2).tolist(), "bytes": sent,
                                          "dense_bytes": dense}))
-    del model, opt, state
-    import gc
-
-    gc.collect()
+    if state is not None:
+        state.close()
     dist.barrier()
     dist.destroy_process_group()
 

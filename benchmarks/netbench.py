@@ -34,7 +34,7 @@ from pathlib import Path
 from benchmarks.common import environment, reap, write_json
 from benchmarks.netbench_worker import ARMS, CO2_ARMS, FIXED_ARMS, LGRECO_ARMS, split_arm
 from benchmarks.netns import NetnsError, TwoHosts, require_root
-from benchmarks.workloads import WORKLOADS, prepare
+from distcomp.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 LGRECO_BASE = [(arm, family) for arm, (family, _) in LGRECO_ARMS.items()]

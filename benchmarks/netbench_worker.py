@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
 import statistics
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from benchmarks.workloads import WORKLOADS, dense_grad_bytes, parameter_count
+from distcomp.workloads import WORKLOADS, dense_grad_bytes, parameter_count
 
 OUR_ARMS = {"powersgd", "topk", "qsgd"}
 # ours with a fixed setting (no Accordion schedule) and torch's dense warm-up: powersgd_fixed is
@@ -131,14 +130,14 @@ def register_arm(model: DDP, arm: str, args, workload) -> object | None:
     if name == "allreduce":
         return None
     if name == "local" or name in CO2_ARMS:
-        from hooks import local_hook
+        from distcomp.hooks import local_hook
 
         model.register_comm_hook(None, local_hook)
         return None
     if name in TORCH_HOOKS:
         register_torch_hook(model, name, args.rank)
         return None
-    from hooks import CompressionState, LGreCoState, compression_hook
+    from distcomp.hooks import CompressionState, LGreCoState, compression_hook
 
     opts = arm_options(arm, args, workload)
     if name in LGRECO_ARMS:  # the first plan comes no earlier than the dense warm-up's end
@@ -299,12 +298,11 @@ def main(argv: list[str] | None = None) -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     tmp.replace(out)
-    # DDP, the optimizer and the hook's state hold the process group (through reference
-    # cycles): left to the interpreter's exit, gloo's destructor ran during finalisation and
-    # aborted ("terminate called without an active exception") in ~1 of 12 runs under load,
-    # and the peer, mid-read, hung. Released and collected here, it is destroyed while alive.
-    del model, opt, state
-    gc.collect()
+    # distcomp's states own a thread and a process group: closed here, while the default group
+    # is alive (left to the interpreter's exit, a gloo destructor ran during finalisation and
+    # aborted, "terminate called without an active exception", ~1 run in 12 under load)
+    if hasattr(state, "close"):
+        state.close()
     dist.barrier()
     dist.destroy_process_group()
 

@@ -98,7 +98,7 @@ def final_loss(arm: str, out: Path) -> float:
 # it is imported, torch's fp16 DDP hook hung at teardown in 5 of 12 runs (0 of 12 without).
 CTX = mp.get_context("forkserver")
 CTX.set_forkserver_preload(["benchmarks.netbench_worker", "benchmarks.gnnpipe_worker",
-                            "hooks", "distcomp.co2"])
+                            "distcomp.hooks", "distcomp.co2"])
 
 
 def _rank(module: str, argv: list[str], env: dict, log: str, netns: str | None) -> None:
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         body = table(json.loads(Path(args.json).read_text())["results"])
         replace_block(args.readme, "<!-- soak:start -->", "<!-- soak:end -->", body)
         return 0
-    from benchmarks.workloads import prepare
+    from distcomp.workloads import prepare
 
     prepare(args.data)
     arms, networks = args.arms.split(","), args.networks.split(",")

@@ -10,12 +10,14 @@ seed (single-threaded CPU kernels are; the run sets no thread count itself).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from distcomp.data.progress import track
 
 
 @dataclass
@@ -26,12 +28,15 @@ class Dynamics:
     correct: (epochs, n) bool, argmax == label after every epoch.
     hidden: (n, H) float32 penultimate activations of the final model (the embedding).
     final_probs: (n, C) float32 softmax of the final model (for GraNd with ``hidden``).
+    model: the trained probe, in eval mode, to score other rows (standardise them with
+    ``standardise(rows, like=x)``, the statistics the probe was trained with).
     """
 
     probs: np.ndarray
     correct: np.ndarray
     hidden: np.ndarray
     final_probs: np.ndarray
+    model: nn.Module | None = field(default=None, repr=False)
 
 
 class ProbeMLP(nn.Module):
@@ -46,19 +51,25 @@ class ProbeMLP(nn.Module):
         return self.head(h), h
 
 
-def standardise(x: np.ndarray) -> np.ndarray:
+def standardise(x: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
+    """Rows of x flattened to (n, d) float32, each column shifted and scaled to mean 0 and
+    standard deviation 1 using the statistics of ``like`` (default: x itself), e.g. held-out
+    rows scaled as the training rows were. The 1e-6 keeps constant columns finite."""
     x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-    return (x - x.mean(0)) / (x.std(0) + 1e-6)
+    ref = x if like is None else np.asarray(like, dtype=np.float32).reshape(len(like), -1)
+    return (x - ref.mean(0)) / (ref.std(0) + 1e-6)
 
 
 def train_probe(x: np.ndarray, labels: np.ndarray, *, epochs: int = 10, score_epoch: int = 2,
                 hidden: int = 128, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
-                progress: bool = False,
+                progress: bool = False, classes: int | None = None,
                 make_model: Callable[[int, int], nn.Module] | None = None) -> Dynamics:
     """Train a probe for ``epochs`` on (x, labels) and record :class:`Dynamics`.
 
     x: (n, ...) numeric, flattened and standardised; labels: (n,) ints in [0, C).
-    ``score_epoch`` (1-based) is the early epoch whose probabilities EL2N uses.
+    ``score_epoch`` (1-based) is the early epoch whose probabilities EL2N uses. ``classes``:
+    the width of the output layer (default max label + 1; pass the full dataset's count when
+    training on a subset that may miss the last class, so its scores stay comparable).
     ``make_model(d, C)`` builds the probe after seeding (so the run stays deterministic): a
     module mapping a (batch, d) float32 tensor to (logits (batch, C), hidden (batch, H)), for
     data whose structure an MLP misses (a 1-D CNN for signals, say); default
@@ -67,7 +78,7 @@ def train_probe(x: np.ndarray, labels: np.ndarray, *, epochs: int = 10, score_ep
     if not 1 <= score_epoch <= epochs:
         raise ValueError(f"score_epoch must be in [1, epochs={epochs}], got {score_epoch}")
     labels = np.asarray(labels)
-    classes = int(labels.max()) + 1
+    classes = int(labels.max()) + 1 if classes is None else classes
     xs = torch.from_numpy(standardise(x))
     ys = torch.from_numpy(labels.astype(np.int64))
     gen = torch.Generator().manual_seed(seed)
@@ -79,7 +90,7 @@ def train_probe(x: np.ndarray, labels: np.ndarray, *, epochs: int = 10, score_ep
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     correct = np.zeros((epochs, len(xs)), dtype=bool)
     early = None
-    for epoch in _progress(range(epochs), progress, "probe epochs"):
+    for epoch in track(range(epochs), "probe epochs", progress):
         model.train()
         for idx in torch.randperm(len(xs), generator=gen).split(batch_size):
             loss = F.cross_entropy(model(xs[idx])[0], ys[idx])
@@ -90,7 +101,35 @@ def train_probe(x: np.ndarray, labels: np.ndarray, *, epochs: int = 10, score_ep
         correct[epoch] = probs.argmax(1) == labels
         if epoch + 1 == score_epoch:
             early = probs
-    return Dynamics(probs=early, correct=correct, hidden=hid, final_probs=probs)
+    return Dynamics(probs=early, correct=correct, hidden=hid, final_probs=probs, model=model)
+
+
+def fit_probe(x: np.ndarray, labels: np.ndarray, *, steps: int, classes: int,
+              hidden: int = 128, batch_size: int = 256, lr: float = 3e-3, seed: int = 0
+              ) -> nn.Module:
+    """The probe MLP trained for exactly ``steps`` AdamW steps (shuffled epochs of batches of
+    ``batch_size``, the last epoch cut short) on (x, labels), without :func:`train_probe`'s
+    per-epoch bookkeeping: for comparing training sets of different sizes at equal training
+    length. x is standardised with its own statistics (score other rows with
+    ``standardise(rows, like=x)``); returns the model in eval mode. Deterministic given seed.
+    """
+    labels = np.asarray(labels)
+    xs = torch.from_numpy(standardise(x))
+    ys = torch.from_numpy(labels.astype(np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = ProbeMLP(xs.shape[1], classes, hidden)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model.train()
+    done = 0
+    while done < steps:
+        for idx in torch.randperm(len(xs), generator=gen).split(batch_size)[:steps - done]:
+            loss = F.cross_entropy(model(xs[idx])[0], ys[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+    return model.eval()
 
 
 @torch.no_grad()
@@ -104,11 +143,3 @@ def predict(model: nn.Module, xs: torch.Tensor, batch_size: int = 8192
         probs.append(F.softmax(logits, 1).numpy())
         hidden.append(h.numpy())
     return np.concatenate(probs), np.concatenate(hidden)
-
-
-def _progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    from tqdm import tqdm
-
-    return tqdm(it, desc=desc)

@@ -27,10 +27,14 @@ where the exact variant's early bins hold the class's dense core.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 
 import numpy as np
 
+from distcomp.data.progress import bar
+
 FLAT_LIMIT = 50_000  # rows: above this the k-NN graph comes from an IVF index
+SEARCH_CHUNK = 16_384  # query rows per faiss search call (a progress step; same results)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -49,21 +53,26 @@ def bin_sizes(n: int, n_bins: int) -> list[int]:
 
 
 def graphcut_bins(features: np.ndarray, n_bins: int, *, method: str = "exact",
-                  k: int = 32, block: int = 512) -> list[np.ndarray]:
+                  k: int = 32, block: int = 512, tick: Callable[[int], None] | None = None,
+                  progress: bool = False) -> list[np.ndarray]:
     """Split the rows of ``features`` (n, d) into ``n_bins`` GraphCut bins.
 
     Returns one int64 index array per bin, each in greedy pick order; together they cover
-    0..n-1 once. ``method``: "exact" or "knn" (k neighbours per sample).
+    0..n-1 once. ``method``: "exact" or "knn" (k neighbours per sample). ``tick(rows)`` is
+    called after each bin with the rows it binned (a progress bar's update); ``progress``
+    draws a bar for the k-NN search of the knn variant.
     """
     x = unit_rows(features)
+    tick = tick or (lambda rows: None)
     if method == "exact":
-        return _exact_bins(x, n_bins, block)
+        return _exact_bins(x, n_bins, block, tick)
     if method == "knn":
-        return _knn_bins(x, n_bins, k)
+        return _knn_bins(x, n_bins, k, tick, progress)
     raise ValueError(f"method must be 'exact' or 'knn', got {method!r}")
 
 
-def _exact_bins(x: np.ndarray, n_bins: int, block: int) -> list[np.ndarray]:
+def _exact_bins(x: np.ndarray, n_bins: int, block: int, tick: Callable[[int], None]
+                ) -> list[np.ndarray]:
     n = len(x)
     pool = np.ones(n, dtype=bool)
     sigma_u = x.astype(np.float64).sum(0)
@@ -71,8 +80,10 @@ def _exact_bins(x: np.ndarray, n_bins: int, block: int) -> list[np.ndarray]:
     for size in bin_sizes(n, n_bins):
         if size == int(pool.sum()):  # the last bin takes what is left, in index order
             bins.append(np.flatnonzero(pool))
+            tick(size)
             break
         bins.append(_greedy_bin(x, pool, sigma_u, size, block))
+        tick(size)
         pool[bins[-1]] = False
         sigma_u -= x[bins[-1]].astype(np.float64).sum(0)
     return bins
@@ -116,10 +127,11 @@ def _dot(rows: np.ndarray, w: np.ndarray, chunk: int = 65536) -> np.ndarray:
 
 
 # -- k-nearest-neighbour variant -----------------------------------------------------------------
-def knn_graph(x: np.ndarray, k: int, seed: int = 0):
+def knn_graph(x: np.ndarray, k: int, seed: int = 0, progress: bool = False):
     """Sparse symmetric similarity graph, scipy CSR (n, n): s = 0.5 + 0.5 cos between each
     unit row and its min(k, n - 1) most similar other rows (an edge kept if either end chose
-    it). Needs faiss."""
+    it). Needs faiss. The search runs ``SEARCH_CHUNK`` query rows at a time, so ``progress``
+    can show it (rows searched)."""
     import faiss
     from scipy import sparse
 
@@ -135,7 +147,13 @@ def knn_graph(x: np.ndarray, k: int, seed: int = 0):
         index.train(x[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))])
         index.nprobe = 8
     index.add(x)
-    sims, nbrs = index.search(x, k + 1)
+    sims = np.empty((n, k + 1), dtype=np.float32)
+    nbrs = np.empty((n, k + 1), dtype=np.int64)
+    with bar(n, "k-NN graph", progress, unit="row", scale=True) as b:
+        for i in range(0, n, SEARCH_CHUNK):
+            sims[i:i + SEARCH_CHUNK], nbrs[i:i + SEARCH_CHUNK] = index.search(
+                x[i:i + SEARCH_CHUNK], k + 1)
+            b.update(len(x[i:i + SEARCH_CHUNK]))
     rows = np.repeat(np.arange(n), k + 1)
     cols, vals = nbrs.ravel(), 0.5 + 0.5 * sims.ravel()
     keep = (cols >= 0) & (cols != rows)  # IVF pads missing neighbours with -1
@@ -143,15 +161,17 @@ def knn_graph(x: np.ndarray, k: int, seed: int = 0):
     return a.maximum(a.T).tocsr()
 
 
-def _knn_bins(x: np.ndarray, n_bins: int, k: int) -> list[np.ndarray]:
+def _knn_bins(x: np.ndarray, n_bins: int, k: int, tick: Callable[[int], None],
+              progress: bool) -> list[np.ndarray]:
     n = len(x)
-    graph = knn_graph(x, k)
+    graph = knn_graph(x, k, progress=progress)
     ptr, nbr, sim = graph.indptr, graph.indices, graph.data
     pool = np.ones(n, dtype=bool)
     bins = []
     for size in bin_sizes(n, n_bins):
         if size == int(pool.sum()):
             bins.append(np.flatnonzero(pool))
+            tick(size)
             break
         # gain(k) = (similarity to pool neighbours) - 2 (similarity to bin neighbours)
         gain = graph @ pool.astype(np.float64)
@@ -169,5 +189,6 @@ def _knn_bins(x: np.ndarray, n_bins: int, k: int) -> list[np.ndarray]:
             lo, hi = ptr[i], ptr[i + 1]
             gain[nbr[lo:hi]] -= 2 * sim[lo:hi]
         bins.append(np.asarray(picked, dtype=np.int64))
+        tick(size)
         pool[bins[-1]] = False
     return bins

@@ -3,7 +3,7 @@
 Uniform sampling keeps the bulk of a class and misses its rare modes; a coreset alone keeps the
 modes but one greedy pass is biased to its objective. DQ splits every class into ``n_bins``
 GraphCut bins (each diverse and representative of what the earlier bins left, see
-:mod:`data_compress.graphcut`) and draws the same fraction uniformly from each, so every
+:mod:`distcomp.data.graphcut`) and draws the same fraction uniformly from each, so every
 region of the class keeps its share.
 
 Because every bin gives the same fraction, each sample is kept with probability ``ratio``, as
@@ -20,7 +20,8 @@ from numbers import Integral
 
 import numpy as np
 
-from data_compress.graphcut import graphcut_bins
+from distcomp.data.graphcut import graphcut_bins
+from distcomp.data.progress import bar
 
 EXACT_LIMIT = 20_000  # class size above which method="auto" builds k-NN bins
 GRAPHCUT_BINS = 10  # default bins per class for binning="graphcut"
@@ -71,7 +72,7 @@ def graphcut_method(method: str, class_size: int) -> str:
 
 def quantize(features: np.ndarray, labels: np.ndarray, ratio: float, *,
              n_bins: int | None = None, seed: int = 0, method: str = "auto", k: int = 32,
-             binning: str = "graphcut") -> np.ndarray:
+             binning: str = "graphcut", progress: bool = False) -> np.ndarray:
     """Indices (sorted, int64) of the kept samples: per class, ``class_targets`` of them.
 
     features: (n, d) float; labels: (n,) any sortable class ids. ``binning``: "graphcut" (the
@@ -79,7 +80,7 @@ def quantize(features: np.ndarray, labels: np.ndarray, ratio: float, *,
     class, ``k`` neighbours for knn) or "kmeans" (Euclidean k-means, faiss; cost grows as
     n_c * bins * d per iteration, so meant for classes up to ~1e5). ``n_bins`` per class,
     default ``GRAPHCUT_BINS``, or for k-means one bin per ``KMEANS_PER_BIN`` kept samples.
-    Deterministic given ``seed``.
+    Deterministic given ``seed``. ``progress``: a bar on stderr counting rows binned.
     """
     features, labels = np.asarray(features), np.asarray(labels)
     if features.ndim != 2 or len(features) != len(labels):
@@ -92,17 +93,22 @@ def quantize(features: np.ndarray, labels: np.ndarray, ratio: float, *,
     check_bins(n_bins)
     targets = class_targets(labels, ratio)
     kept = []
-    for c_index, (c, target) in enumerate(sorted(targets.items())):
-        members = np.flatnonzero(labels == c)
-        if binning == "kmeans":
-            count = n_bins or max(1, round(target / KMEANS_PER_BIN))
-            bins = kmeans_bins(features[members], min(count, len(members)), seed=seed)
-        else:
-            bins = graphcut_bins(features[members], min(n_bins or GRAPHCUT_BINS, len(members)),
-                                 method=graphcut_method(method, len(members)), k=k)
-        rng = np.random.default_rng([seed, c_index])
-        for b, q in zip(bins, split_quota(target, [len(b) for b in bins])):
-            kept.append(members[np.sort(b)[rng.permutation(len(b))[:q]]])
+    desc = "k-means bins" if binning == "kmeans" else "GraphCut bins"
+    with bar(len(labels), desc, progress, unit="row", scale=True) as rows:
+        for c_index, (c, target) in enumerate(sorted(targets.items())):
+            members = np.flatnonzero(labels == c)
+            if binning == "kmeans":
+                count = n_bins or max(1, round(target / KMEANS_PER_BIN))
+                bins = kmeans_bins(features[members], min(count, len(members)), seed=seed)
+                rows.update(len(members))
+            else:
+                bins = graphcut_bins(features[members],
+                                     min(n_bins or GRAPHCUT_BINS, len(members)),
+                                     method=graphcut_method(method, len(members)), k=k,
+                                     tick=rows.update, progress=progress)
+            rng = np.random.default_rng([seed, c_index])
+            for b, q in zip(bins, split_quota(target, [len(b) for b in bins])):
+                kept.append(members[np.sort(b)[rng.permutation(len(b))[:q]]])
     return np.sort(np.concatenate(kept)).astype(np.int64)
 
 

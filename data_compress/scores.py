@@ -3,7 +3,7 @@
 Scores are "higher = more worth keeping" where a method has a direction (EL2N, GraNd and
 forgetting rank hard samples high; the papers keep the hardest). Selections return sorted int64
 indices of the kept samples. Every selection takes ``class_balanced``: keep round(ratio * n_c)
-of every class (the same per-class counts as :func:`data_compress.quantize.class_targets`)
+of every class (the same per-class counts as :func:`distcomp.data.quantize.class_targets`)
 instead of a global top fraction, which on skewed scores can empty a class.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_compress.graphcut import unit_rows
-from data_compress.quantize import check_ratio, class_targets, fold_sq_dist
+from distcomp.data.graphcut import unit_rows
+from distcomp.data.progress import bar, track
+from distcomp.data.quantize import check_ratio, class_targets, fold_sq_dist
 
 
-# -- scores from training dynamics (see data_compress.dynamics) ---------------------------------
+# -- scores from training dynamics (see distcomp.data.dynamics) ---------------------------------
 def el2n(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """||softmax - onehot||_2 per sample; probs (n, C) or (runs, n, C), averaged over runs."""
     return np.linalg.norm(_error(probs, labels), axis=2).mean(0)
@@ -110,34 +111,42 @@ def coverage(scores: np.ndarray, labels: np.ndarray, ratio: float, *, strata: in
 
 
 def k_center(features: np.ndarray, labels: np.ndarray, ratio: float, *, seed: int = 0,
-             class_balanced: bool = True, chunk: int = 65536) -> np.ndarray:
+             class_balanced: bool = True, chunk: int = 65536, progress: bool = False
+             ) -> np.ndarray:
     """k-center greedy (Sener & Savarese, 2018): repeatedly keep the sample farthest from
     everything kept so far (a 2-approximation of the minimax cover). O(n d) memory: one
-    running min-distance per sample, updated in chunks after each pick."""
+    running min-distance per sample, updated in chunks after each pick. Each pick costs
+    O(n_c d), so the whole run O(ratio n_c^2 d) per class; ``progress`` counts picks."""
     x = np.ascontiguousarray(features, dtype=np.float32)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
+    groups = _groups(labels, ratio, class_balanced)
     kept = []
-    for members, budget in _groups(labels, ratio, class_balanced):
-        sub = x[members]
-        sq = np.einsum("ij,ij->i", sub, sub)
-        near = np.full(len(sub), np.inf)
-        pick = int(rng.integers(len(sub)))
-        chosen = []
-        for _ in range(budget):
-            chosen.append(pick)
-            fold_sq_dist(sub, sq, sub[pick], near, chunk)
-            near[chosen] = -np.inf
-            pick = int(np.argmax(near))
-        kept.append(members[chosen])
+    with bar(sum(t for _, t in groups), "k-center", progress, unit="pick", scale=True) as b:
+        for members, budget in groups:
+            sub = x[members]
+            sq = np.einsum("ij,ij->i", sub, sub)
+            near = np.full(len(sub), np.inf)
+            pick = int(rng.integers(len(sub)))
+            chosen = []
+            for _ in range(budget):
+                chosen.append(pick)
+                fold_sq_dist(sub, sq, sub[pick], near, chunk)
+                near[pick] = -np.inf
+                pick = int(np.argmax(near))
+                if len(chosen) % 256 == 0:  # per pick, tqdm's own cost would show
+                    b.update(256)
+            b.update(len(chosen) % 256)
+            kept.append(members[chosen])
     return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
 def semantic_dedup(features: np.ndarray, *, threshold: float = 0.95, clusters: int | None = None,
-                   seed: int = 0) -> np.ndarray:
+                   seed: int = 0, progress: bool = False) -> np.ndarray:
     """SemDeDup (Abbas et al., 2023): spherical k-means (faiss), then inside each cluster drop
     every sample whose cosine to a sample nearer the centroid exceeds ``threshold`` (as the
-    paper does). Pairwise work only inside clusters, in blocks: never N x N. Kept indices."""
+    paper does). Pairwise work only inside clusters, in blocks: never N x N. Kept indices.
+    ``progress`` counts clusters done."""
     import faiss
 
     if not -1 <= threshold <= 1:
@@ -150,7 +159,7 @@ def semantic_dedup(features: np.ndarray, *, threshold: float = 0.95, clusters: i
     _, assign = km.index.search(x, 1)
     assign = assign.ravel()
     kept = []
-    for c in range(k):
+    for c in track(range(k), "dedup clusters", progress):
         members = np.flatnonzero(assign == c)
         if not len(members):
             continue

@@ -1,6 +1,6 @@
 """distcomp: cheaper PyTorch distributed training on bandwidth-limited clusters.
 
-Algorithms live here (tensor math, reducers, planners); :mod:`hooks` adapts them to DDP.
+Algorithms live here (tensor math, reducers, planners); :mod:`distcomp.hooks` adapts them to DDP.
 """
 
 from distcomp.compressor import Compressor, GatherCompressor, compressor_names, get_compressor

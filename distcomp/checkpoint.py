@@ -1,13 +1,20 @@
-"""Per-rank training checkpoints that are never half-written and never silently corrupt.
+"""Per-rank training checkpoints that are never half-written, never silently corrupt, and safe
+to open.
 
 Every rank saves its own file per checkpoint (compression residuals and CO2's local state differ
 per rank): ``<dir>/ckpt<I>-rank<R>.pt`` for a growing index I (``launch/train.py`` uses the
-global step, so a save at an epoch's end and one on SIGTERM mid-epoch order naturally), written
-to a temporary name, fsynced, then renamed, with a SHA-256 of the payload in its first line.
-After every rank has saved (a barrier), rank 0 records the index in ``<dir>/latest.json`` the
-same way. A resume takes the newest index whose files all exist and verify, so a crash in the
-middle of saving, or a file cut short on disk, falls back to the previous good one. The newest
-``keep`` checkpoints are kept.
+global step, so a save at an epoch's end and one on SIGTERM mid-epoch order naturally). Each is
+a plain ``torch.save`` file, so ``torch.load(path)`` opens it, written to a temporary name,
+fsynced, then renamed; its SHA-256 goes beside it in ``<file>.sha256`` (``sha256sum -c``
+format), written the same way after the file. After every rank has saved (a barrier), rank 0
+records the index in ``<dir>/latest.json``. A resume takes the newest index whose files all
+exist and match their SHA-256, so a crash in the middle of saving, or a file cut short on disk,
+falls back to the previous good one. The newest ``keep`` checkpoints are kept.
+
+Loading unpickles with ``weights_only=True``: tensors, containers, numbers and strings only, so
+a checkpoint from an untrusted place cannot run code (the SHA-256 detects corruption, not
+tampering). Files of distcomp 0.1 (the SHA-256 in a first line inside the file) are still read,
+verified and loaded the same safe way.
 """
 
 from __future__ import annotations
@@ -16,13 +23,14 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-MAGIC = b"distcomp-checkpoint sha256="
+LEGACY_MAGIC = b"distcomp-checkpoint sha256="  # 0.1's in-file header
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -43,17 +51,23 @@ def _path(directory: str | Path, index: int, rank: int) -> Path:
     return Path(directory) / f"ckpt{index}-rank{rank}.pt"
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_rank(directory: str | Path, index: int, rank: int, world: int, payload: dict,
               keep: int = 2) -> None:
-    """Save this rank's ``payload`` as checkpoint ``index`` (>= 0, growing); collective over the
-    default group (a barrier, then rank 0 marks the checkpoint complete)."""
+    """Save this rank's ``payload`` (tensors, containers, numbers, strings) as checkpoint
+    ``index`` (>= 0, growing); collective over the default group (a barrier, then rank 0 marks
+    the checkpoint complete)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    _atomic_write(_path(directory, index, rank),
-                  MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+    path = _path(directory, index, rank)
+    _atomic_write(path, data)
+    _atomic_write(_sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
@@ -62,6 +76,7 @@ def save_rank(directory: str | Path, index: int, rank: int, world: int, payload:
         for old in sorted(_indices(directory))[:-keep]:
             for r in range(world):
                 _path(directory, old, r).unlink(missing_ok=True)
+                _sidecar(_path(directory, old, r)).unlink(missing_ok=True)
 
 
 def _indices(directory: Path) -> set[int]:
@@ -70,12 +85,18 @@ def _indices(directory: Path) -> set[int]:
 
 
 def _read(path: Path) -> bytes:
-    """The payload of a checkpoint file; ValueError if it is cut short or altered."""
+    """The verified bytes of a checkpoint file; ValueError if it is cut short, altered or has
+    no SHA-256 beside it (a save that did not finish)."""
     raw = path.read_bytes()
-    head, _, data = raw.partition(b"\n")
-    if not head.startswith(MAGIC):
-        raise ValueError(f"{path} is not a distcomp checkpoint (no header)")
-    if hashlib.sha256(data).hexdigest().encode() != head[len(MAGIC):]:
+    if raw.startswith(LEGACY_MAGIC):
+        head, _, data = raw.partition(b"\n")
+        want = head[len(LEGACY_MAGIC):].decode(errors="replace")
+    else:
+        side = _sidecar(path)
+        if not side.exists():
+            raise ValueError(f"{path} has no {side.name} beside it (its save did not finish)")
+        data, want = raw, side.read_text().split(" ")[0].strip()
+    if hashlib.sha256(data).hexdigest() != want:
         raise ValueError(f"{path} is corrupt: its SHA-256 does not match (cut short on disk?)")
     return data
 
@@ -103,4 +124,12 @@ def latest(directory: str | Path, world: int) -> int | None:
 
 
 def load_rank(directory: str | Path, index: int, rank: int) -> dict:
-    return torch.load(io.BytesIO(_read(_path(directory, index, rank))), weights_only=False)
+    """This rank's payload of checkpoint ``index``, verified, then unpickled with
+    ``weights_only=True``; ValueError naming the file if it holds anything else (a pickled
+    callable, a custom class)."""
+    path = _path(directory, index, rank)
+    try:
+        return torch.load(io.BytesIO(_read(path)), weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path} holds more than tensors, containers, numbers and strings; "
+                         f"refused (weights_only=True): {str(e).splitlines()[0]}") from e

@@ -2,10 +2,10 @@
 
 On a link too slow even for compressed gradients, ranks stop averaging gradients. Each rank runs
 ``tau`` steps of its own optimizer on its own gradients (the DDP model uses
-:func:`hooks.local_hook`, which communicates nothing), then the ranks average what those steps
-did, the pseudo-gradient, and an outer optimizer applies it to a shared anchor. CO2 hides that
-average: it is launched asynchronously and travels while the next ``tau`` local steps compute,
-so it is applied one round late. Round t (anchor x_t, identical on every rank):
+:func:`distcomp.hooks.local_hook`, which communicates nothing), then the ranks average what
+those steps did, the pseudo-gradient, and an outer optimizer applies it to a shared anchor. CO2
+hides that average: it is launched asynchronously and travels while the next ``tau`` local steps
+compute, so it is applied one round late. Round t (anchor x_t, identical on every rank):
 
   1. local steps from where this rank's round started, b_t^i, give x_t^i; its pseudo-gradient
      d_t^i = b_t^i - x_t^i (fp32, one flat buffer) starts an all-reduce on a process group
@@ -34,88 +34,25 @@ released code, whose clip discards the result of ``torch.clamp``, the clip here 
 from __future__ import annotations
 
 import hashlib
-import math
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.amp.grad_scaler import OptState
 
+from distcomp.co2_config import WIRE_DTYPES, CO2Config
 from distcomp.comm import CollectiveTimeout, TorchComm, check_same, model_fingerprint, wait_work
 from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, settings_of, trainable
+from distcomp.options import settings_of, trainable
+from distcomp.reducer import CompressedReducer
 
-WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class CO2Config:
-    """Knobs of the outer loop.
-
-    tau: local steps per round (>= 1). Larger hides slower links but drifts further (the LM of
-        netbench at 100 Mbit/s ended 3.7% above all-reduce's loss with 4, 7.5% with 8).
-    outer_lr: outer learning rate (> 0); 1 with outer_momentum 0 is plain parameter averaging.
-    outer_momentum: beta in [0, 1).
-    nesterov: Nesterov form of the outer momentum.
-    gap_penalty: strength of the staleness-gap penalty (>= 0; 0 disables it).
-    clip_norm: max L2 norm of the outer momentum over all parameters; None: no clipping.
-    overlap: True (CO2): apply the previous round's average while this one travels;
-        False (DiLoCo-style): wait for this round's average and apply it at once.
-    timeout_s: seconds any collective may take before the step fails with an error.
-    wire_dtype: "float32", "bfloat16" or "float16": the type the pseudo-gradient travels in
-        when no compressor is set. 16 bits halve the bytes and the transfer time; what rounding
-        drops is kept per rank (error feedback) and sent with the next round. The sum itself
-        runs in that type (one rounding per added rank).
-    """
-
-    tau: int = 4
-    outer_lr: float = 1.0
-    outer_momentum: float = 0.5
-    nesterov: bool = False
-    gap_penalty: float = 1.0
-    clip_norm: float | None = None
-    overlap: bool = True
-    timeout_s: float = 300.0
-    wire_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.tau, bool) or not isinstance(self.tau, int) or self.tau < 1:
-            raise ValueError(f"tau must be an integer >= 1, got {self.tau!r}")
-        _check("outer_lr", self.outer_lr, 0.0, math.inf, low_open=True)
-        _check("outer_momentum", self.outer_momentum, 0.0, 1.0, high_open=True)
-        _check("gap_penalty", self.gap_penalty, 0.0, math.inf)
-        _check("timeout_s", self.timeout_s, 0.0, math.inf, low_open=True)
-        if self.clip_norm is not None:
-            _check("clip_norm", self.clip_norm, 0.0, math.inf, low_open=True)
-        if self.wire_dtype not in WIRE_DTYPES:
-            raise ValueError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}, "
-                             f"got {self.wire_dtype!r}")
-        for name in ("nesterov", "overlap"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CO2Config:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown CO2 options {sorted(unknown)}")
-        return cls(**d)
-
-
-def _check(name: str, value, low: float, high: float, low_open: bool = False,
-           high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (
-            value < high if high_open else value <= high) and math.isfinite(value)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
+log = logging.getLogger(__name__)
 
 
 class CO2:
@@ -123,13 +60,14 @@ class CO2:
 
     Two lines in an existing DDP script (construct on every rank, after DDP)::
 
-        ddp_model.register_comm_hook(None, hooks.local_hook)   # no gradient all-reduce
+        ddp_model.register_comm_hook(None, distcomp.hooks.local_hook)   # no gradient all-reduce
         optimizer = CO2(optimizer, ddp_model, tau=4)
 
     With a GradScaler call ``optimizer.step(scaler=scaler)`` instead of ``scaler.step(...)``:
     the ranks then agree on skipping a step (one 4-byte all-reduce per step), so scales and round
     counters never drift apart. At the end of training call ``synchronize()`` (every rank) to
-    fold in the in-flight and current rounds and leave identical parameters everywhere.
+    fold in the in-flight and current rounds and leave identical parameters everywhere, then
+    ``close()`` (or use it as a context manager) to release its thread and process groups.
 
     Args:
       inner: any optimizer over (a subset of) the model's parameters: SGD, AdamW, or torch's
@@ -222,6 +160,35 @@ class CO2:
         self._inflight: tuple[Future | object, torch.Tensor] | None = None
         self._ready: torch.Tensor | None = None  # an in-flight average already waited for
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="co2") if self.reducer else None
+        self._closed = False
+
+    def close(self) -> None:
+        """Wait for the round in flight (its average is dropped: ``synchronize()`` first keeps
+        it), stop the compression thread and destroy the two process groups this optimizer
+        made. Idempotent; ``step()`` refuses a closed optimizer. No ``gc.collect()`` is
+        needed before ``destroy_process_group()``."""
+        if self._closed:
+            return
+        self._closed = True
+        inflight, self._inflight, self._ready = self._inflight, None, None
+        try:
+            if isinstance(inflight, tuple) and isinstance(inflight[0], Future):
+                inflight[0].result(timeout=self.config.timeout_s + 5)
+            elif inflight is not None:
+                inflight[0].wait()
+        except Exception as err:  # noqa: BLE001 - closing: report, then release everything
+            log.warning("distcomp: CO2.close: the round in flight failed: %s", err)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if dist.is_initialized():
+            for group in (self.group, self.flag_group):
+                dist.destroy_process_group(group)
+
+    def __enter__(self) -> CO2:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- optimizer surface ---------------------------------------------------------------------
     @property
@@ -234,6 +201,8 @@ class CO2:
     def step(self, closure=None, scaler: torch.amp.GradScaler | None = None):
         """One inner step (skipped on every rank alike if any rank's scaled gradients overflow),
         then the outer round every ``tau`` calls. Returns the closure's loss, if any."""
+        if self._closed:
+            raise RuntimeError("this CO2 optimizer is closed; build a new one")
         loss = None
         if scaler is not None and scaler.is_enabled():
             if closure is not None:

@@ -135,6 +135,25 @@ class CompressionConfig:
         return cls(**d)
 
 
+# options only one method reads (momentum and density_warmup_steps are refused outright with
+# another method, since they change what top-k's residual holds)
+METHOD_ONLY = {"rank": "powersgd", "density": "topk", "bits": "qsgd",
+               "qsgd_bucket_size": "qsgd", "qsgd_norm": "qsgd"}
+ACCORDION_ONLY = ("accordion_interval", "accordion_threshold", "accordion_gentle")
+
+
+def ignored_options(method: str, options: dict) -> list[str]:
+    """The options a user passed that this configuration will not read, each with why: a
+    ``density=`` with PowerSGD, an Accordion knob with ``accordion=False``. Accepted (scripts
+    that switch methods pass them all), but logged so a typo-level mistake is not silent."""
+    out = [f"{k}={v!r} applies to method {METHOD_ONLY[k]!r} only; {method!r} ignores it"
+           for k, v in options.items() if k in METHOD_ONLY and METHOD_ONLY[k] != method]
+    if options.get("accordion") is False:
+        out += [f"{k}={options[k]!r} is ignored with accordion=False"
+                for k in ACCORDION_ONLY if k in options]
+    return out
+
+
 def _check_number(name: str, value: float, low: float, strict: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:

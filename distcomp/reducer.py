@@ -22,13 +22,12 @@ Per bucket, with W ranks:
 from __future__ import annotations
 
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
-from torch import nn
 
 from distcomp.accordion import Accordion
-from distcomp.comm import Comm, model_fingerprint
+from distcomp.comm import Comm
 from distcomp.compressor import FP32_BYTES, GatherCompressor
 from distcomp.config import CompressionConfig
 from distcomp.dgc import MomentumCorrection
@@ -44,51 +43,6 @@ class _Slot:
     key: str
     grad: torch.Tensor  # view into the caller's buffer; averages are written here
     setting: float | None  # None: travels uncompressed
-
-
-def parse_options(method: str, options: dict, lgreco: LGreCoConfig | dict | None = None
-                  ) -> tuple[CompressionConfig, LGreCoConfig | None]:
-    """Validate the user-facing knobs of every integration (a typo fails here, before any
-    process group or collective); ``lgreco`` may be a dict of :class:`LGreCoConfig` fields."""
-    config = CompressionConfig.from_dict({"method": method, **options})
-    if isinstance(lgreco, dict):
-        lgreco = LGreCoConfig.from_dict(lgreco)
-    if lgreco is not None and not isinstance(lgreco, LGreCoConfig):
-        raise ValueError(f"lgreco must be an LGreCoConfig, a dict or None, got {lgreco!r}")
-    return config, lgreco
-
-
-def trainable(module: nn.Module, *, sparse_ok: bool = False) -> list[tuple[str, torch.Tensor]]:
-    """``(name, parameter)`` of every parameter that needs a gradient, in
-    ``named_parameters()`` order; ValueError, naming the parameter, for what compressed averaging
-    cannot take: complex parameters (the compressors work on real matrices; keep such a weight
-    as ``torch.view_as_real``) and, unless ``sparse_ok``, sparse gradients (an
-    ``nn.Embedding``/``EmbeddingBag`` with ``sparse=True``: every method needs the dense
-    gradient)."""
-    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    for name, p in named:
-        if p.is_complex():
-            raise ValueError(f"parameter {name!r} is {p.dtype}: complex parameters are not "
-                             "supported; keep it as a real tensor (torch.view_as_real)")
-    if not sparse_ok:
-        for prefix, m in module.named_modules():
-            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and \
-                    m.weight.requires_grad:
-                raise ValueError(f"parameter {prefix + '.weight'!r} gets sparse gradients "
-                                 f"({type(m).__name__}(sparse=True)); compressed averaging "
-                                 "needs dense ones: build it with sparse=False")
-    return named
-
-
-def settings_of(config: CompressionConfig, lgreco: LGreCoConfig | None,
-                named: list[tuple[str, torch.Tensor]]) -> dict:
-    """The flat dict :func:`~distcomp.comm.check_same` compares across ranks at set-up: every
-    compression knob, every L-GreCo knob, and the trainable parameters' names and shapes."""
-    out = dict(config.to_dict())
-    if lgreco is not None:
-        out.update({f"lgreco.{k}": v for k, v in asdict(lgreco).items()})
-    out["parameters"] = model_fingerprint(named)
-    return out
 
 
 class CompressedReducer:
@@ -184,6 +138,7 @@ class CompressedReducer:
             self._begin_step(step, comm, grads[0].device)
         warmup = step < self.config.warmup_steps
         for k, g in zip(keys, grads):
+            self.ledger.record_dense(step, k, g.numel() * g.element_size())
             if (self.accordion is not None or warmup) and self.eligible(g.shape):
                 if self.accordion is not None:
                     self.accordion.observe(k, g)

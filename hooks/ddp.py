@@ -16,6 +16,7 @@ next buckets' gradients while this one travels.
 """
 
 # No `from __future__ import annotations`: DDP checks the hook's annotations as real objects.
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -25,24 +26,32 @@ from torch import nn
 from distcomp.comm import TorchComm, check_same
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, parse_options, settings_of, trainable
+from distcomp.options import parse_options, settings_of, trainable
+from distcomp.reducer import CompressedReducer
+
+log = logging.getLogger(__name__)
+LOG_EVERY = 100  # steps between the INFO lines of bytes and ratio (rank 0, logger "distcomp")
 
 
 class CompressionState:
     """Everything the compression hook keeps between steps.
 
-    Construct it on every rank after ``init_process_group`` (it creates a process group, which is
-    a collective call). Settings are validated here, before any communication.
+    Construct it on every rank. Settings are validated here, before any communication. If the
+    default process group exists it binds at once (it creates a process group of its own, a
+    collective call, and checks that every rank has the same settings); otherwise it binds on
+    the first hook call or on :meth:`attach`, so it can be built before the process group, as
+    torch's ``PowerSGDState`` can (Lightning's ``DDPStrategy(ddp_comm_state=...)``).
 
     Args:
       model: the DDP model (or the module it wraps); parameter names key all per-tensor state,
         so state survives DDP rebuilding its buckets and loads into a fresh process.
       method, **options: see :class:`distcomp.config.CompressionConfig` (rank, density, bits,
         error_feedback, min_compression_rate, warmup_steps, seed, timeout_s, ...).
-      process_group: group for the compressed collectives; default: a new group over all ranks.
+      process_group: group for the compressed collectives; default: a new group over all ranks
+        (created at binding, destroyed by :meth:`close`).
       lgreco: an :class:`~distcomp.lgreco.LGreCoConfig` (or a dict of its fields) to re-plan
         every layer's setting adaptively with the uniform setting as the error budget; None
-        (default) keeps the uniform setting. See :class:`hooks.lgreco.LGreCoState`.
+        (default) keeps the uniform setting. See :class:`distcomp.hooks.lgreco.LGreCoState`.
 
     Fields:
       config: the validated configuration.
@@ -50,6 +59,10 @@ class CompressionState:
         the RNG and the byte ledger.
       step: optimizer steps seen (incremented after the last bucket of each backward; backward
         passes under ``no_sync()`` call no hook and do not count).
+      process_group: the group the compressed collectives run on (None until bound).
+
+    It holds a thread and a process group: :meth:`close` it (or use it as a context manager)
+    before ``destroy_process_group()``.
     """
 
     def __init__(
@@ -64,25 +77,73 @@ class CompressionState:
         self.config, lgreco = parse_options(method, options, lgreco)
         module = model.module if hasattr(model, "module") else model
         named = trainable(module)
-        self.reducer = CompressedReducer(self.config, rank=dist.get_rank(), lgreco=lgreco)
+        self._settings = settings_of(self.config, lgreco, named)
+        self.reducer = CompressedReducer(self.config, rank=0, lgreco=lgreco)
         self._names = {id(p): name for name, p in module.named_parameters()}
-        if process_group is None:
-            process_group = dist.new_group(backend=dist.get_backend())
+        self._dense_bytes = {name: p.numel() * p.element_size() for name, p in named}
         self.process_group = process_group
         self.step = 0
-        self._start_worker()
-        check_same(self._comm, "CompressionState", settings_of(self.config, lgreco, named))
+        self._comm = self._executor = None
+        self._owns_group = self._closed = False
+        if dist.is_initialized():
+            self.attach(process_group)
 
-    def _start_worker(self) -> None:
-        self._comm = TorchComm(self.process_group, self.config.timeout_s)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distcomp-comm")
+    @property
+    def bound(self) -> bool:
+        """True once attached to a process group (and not closed)."""
+        return self._executor is not None
 
     def attach(self, process_group: "dist.ProcessGroup | None" = None) -> None:
-        """Re-attach an unpickled state to a process group (pickling drops groups and threads)."""
+        """Bind to the process group (collective: call on every rank): create this state's own
+        group unless ``process_group`` is given, start the communication thread, and check that
+        every rank has the same settings and model. Called by the constructor when the default
+        group exists, by the first hook call otherwise; also re-attaches an unpickled state
+        (pickling drops groups and threads). A bound state is left as it is."""
+        if self._closed:
+            raise RuntimeError("this CompressionState is closed; build a new one")
+        if self.bound:
+            return
+        if not dist.is_initialized():
+            raise RuntimeError("CompressionState.attach needs torch.distributed initialized")
+        process_group = process_group or self.process_group
+        self._owns_group = process_group is None
         if process_group is None:
             process_group = dist.new_group(backend=dist.get_backend())
         self.process_group = process_group
-        self._start_worker()
+        self._comm = TorchComm(self.process_group, self.config.timeout_s)
+        self.reducer.rank = self._comm.rank
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distcomp-comm")
+        try:
+            check_same(self._comm, "CompressionState", self._settings)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Finish the buckets in flight, stop the communication thread and destroy the process
+        group this state created (not one it was given). Idempotent; the hook refuses a closed
+        state. No ``gc.collect()`` is needed before ``destroy_process_group()``."""
+        if self._closed:
+            return
+        self._closed = True
+        executor, self._executor, self._comm = self._executor, None, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        if self._owns_group and self.process_group is not None and dist.is_initialized():
+            dist.destroy_process_group(self.process_group)
+        self.process_group = None
+
+    def __enter__(self) -> "CompressionState":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "closed" if self._closed else "bound" if self.bound else "not bound yet"
+        return (f"{type(self).__name__}(method={self.config.method!r}, "
+                f"setting={self.config.setting}, step={self.step}, {where}, "
+                f"{self.reducer.ledger!r})")
 
     @property
     def ledger(self) -> ByteLedger:
@@ -98,6 +159,25 @@ class CompressionState:
                 "a bucket holds a parameter that is not in the model given to CompressionState"
             ) from None
 
+    def compression_stats(self, per_layer: bool = False) -> dict:
+        """What compression saved so far, like torch's ``PowerSGDState.compression_stats()``:
+        steps, dense bytes (what plain DDP's all-reduce would have handed over), sent bytes, per
+        step and their ratio; with ``per_layer`` the same per parameter. Bytes this rank handed
+        to collectives (see :mod:`distcomp.ledger`)."""
+        return self.ledger.summary(per_key=per_layer)
+
+    def log_progress(self, step: int) -> None:
+        """Every ``LOG_EVERY`` steps, rank 0 logs one INFO line on the ``distcomp`` logger:
+        bytes per step over the last interval, the dense baseline and the ratio."""
+        if (step + 1) % LOG_EVERY or self.reducer.rank != 0 or not log.isEnabledFor(logging.INFO):
+            return
+        book = self.reducer.ledger
+        recent = book.mean_bytes_per_step(LOG_EVERY)
+        dense = book.dense_total / max(book.steps, 1)
+        log.info("distcomp: step %d: %s, %.2f MB/step over the last %d steps (dense %.2f "
+                 "MB/step, %.1fx)", step + 1, self.config.method, recent / 1e6, LOG_EVERY,
+                 dense / 1e6, dense / recent if recent else float("nan"))
+
     def plan(self) -> list[dict]:
         """Per-layer table of the latest adaptive plan: name, shape, setting, bytes, error (and
         the uniform setting's bytes and error); empty for uniform compression or before the
@@ -106,12 +186,15 @@ class CompressionState:
         return [] if self.reducer.lgreco is None else list(self.reducer.lgreco.rows)
 
     def submit(self, fn) -> None:
-        """Run ``fn`` on this state's communication thread (FIFO)."""
+        """Run ``fn`` on this state's communication thread (FIFO), binding first if needed."""
+        if not self.bound:
+            self.attach()
         self._executor.submit(fn)
 
     def drain(self) -> None:
         """Wait until every submitted bucket is done (e.g. before checkpointing)."""
-        self._executor.submit(lambda: None).result()
+        if self.bound:
+            self._executor.submit(lambda: None).result()
 
     def state_dict(self) -> dict:
         self.drain()
@@ -131,7 +214,8 @@ class CompressionState:
 
     def __setstate__(self, d: dict) -> None:
         self.__dict__.update(d)
-        self.process_group = None
+        self.process_group = self._comm = self._executor = None
+        self._owns_group = self._closed = False
 
 
 def compression_hook(
@@ -144,6 +228,8 @@ def compression_hook(
        collectives (see :mod:`distcomp.reducer`) and writes averages into the buffer.
     3. Complete the returned future with the buffer (or the error, e.g. a collective timeout).
     """
+    if not state.bound:
+        state.attach()  # first call, state built before the process group: a collective
     buffer = bucket.buffer()
     grads, keys, offset = [], [], 0
     for p in bucket.parameters():
@@ -152,7 +238,8 @@ def compression_hook(
         keys.append(state.key(p))
         offset += n
     step = state.step
-    if bucket.is_last():
+    last = bucket.is_last()
+    if last:
         state.step += 1
     devices = [buffer.device] if buffer.is_cuda else None
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future(devices=devices)
@@ -166,6 +253,8 @@ def compression_hook(
             if ready is not None:
                 torch.cuda.current_stream(buffer.device).wait_event(ready)
             state.reducer.reduce(grads, keys, state._comm, step)
+            if last:
+                state.log_progress(step)
             fut.set_result(buffer)
         except BaseException as err:  # noqa: BLE001 - the error travels to backward()
             fut.set_exception(err)

@@ -33,9 +33,9 @@ from __future__ import annotations
 from typing import Any
 
 from distcomp.comm import TorchComm
+from distcomp.hooks.param_state import ParameterCompression
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import parse_options
-from hooks.param_state import ParameterCompression
+from distcomp.options import parse_options
 
 
 class DeepSpeedCompression(ParameterCompression):
@@ -49,7 +49,7 @@ class DeepSpeedCompression(ParameterCompression):
       lgreco: an :class:`~distcomp.lgreco.LGreCoConfig` or dict to plan per-layer settings
         adaptively; None keeps the uniform setting.
 
-    Fields: those of :class:`~hooks.param_state.ParameterCompression`; the comm is the
+    Fields: those of :class:`~distcomp.hooks.param_state.ParameterCompression`; the comm is the
     engine's data-parallel group. DeepSpeed's ``client_state`` is written by rank 0 only at
     stage 0, so save ``state_dict()`` from every rank yourself.
     """

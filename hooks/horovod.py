@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from distcomp.comm import CollectiveTimeout
+from distcomp.hooks.param_state import ParameterCompression
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import parse_options
-from hooks.param_state import ParameterCompression
+from distcomp.options import parse_options
 
 
 class _HorovodHandle:
@@ -88,7 +88,7 @@ class HorovodCompression(ParameterCompression):
         settings; None keeps the uniform setting.
       hvd: the ``horovod.torch`` module (imported here when None); ``hvd.init()`` must have run.
 
-    Fields: those of :class:`~hooks.param_state.ParameterCompression` (comm: a
+    Fields: those of :class:`~distcomp.hooks.param_state.ParameterCompression` (comm: a
     :class:`HorovodComm`), and ``model``.
     """
 

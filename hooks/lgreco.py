@@ -12,12 +12,12 @@ total compression error stays <= alpha x what the uniform setting would cause.
 
 from torch import nn
 
+from distcomp.hooks.ddp import CompressionState, compression_hook
 from distcomp.lgreco import LGreCoConfig
-from hooks.ddp import CompressionState, compression_hook
 
 
 class LGreCoState(CompressionState):
-    """:class:`~hooks.ddp.CompressionState` with adaptive planning on by default.
+    """:class:`~distcomp.hooks.ddp.CompressionState` with adaptive planning on by default.
 
     lgreco: :class:`~distcomp.lgreco.LGreCoConfig` or a dict of its fields (warmup_steps,
     period, window, alpha, error_measure, gamma, beta, topk_span, topk_points, qsgd_bits,

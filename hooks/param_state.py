@@ -9,7 +9,8 @@ from distcomp.comm import Comm, check_same
 from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
-from distcomp.reducer import CompressedReducer, settings_of, trainable
+from distcomp.options import settings_of, trainable
+from distcomp.reducer import CompressedReducer
 
 
 class ParameterCompression:
@@ -33,6 +34,28 @@ class ParameterCompression:
         self.names = [n for n, _ in named]
         check_same(comm, what, settings_of(config, lgreco, named))
         self.step = 0
+        self.closed = False
+
+    def close(self) -> None:
+        """Refuse further reductions. The framework (DeepSpeed, Horovod) owns the process group
+        and threads, so there is nothing else to release; here so that every distcomp state
+        closes, and works as a context manager, the same way."""
+        self.closed = True
+
+    def __enter__(self) -> ParameterCompression:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(method={self.config.method!r}, "
+                f"setting={self.config.setting}, step={self.step}, {self.ledger!r})")
+
+    def compression_stats(self, per_layer: bool = False) -> dict:
+        """Steps, dense and sent bytes, per step and their ratio (per parameter with
+        ``per_layer``); see :meth:`distcomp.ledger.ByteLedger.summary`."""
+        return self.ledger.summary(per_key=per_layer)
 
     @property
     def ledger(self) -> ByteLedger:
@@ -45,6 +68,8 @@ class ParameterCompression:
     def reduce(self, module: nn.Module) -> None:
         """Average every trainable parameter's ``.grad`` over the ranks, compressed, in place
         (see :meth:`~distcomp.reducer.CompressedReducer.reduce_parameters`)."""
+        if self.closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed; build a new one")
         self.reducer.reduce_parameters(dict(module.named_parameters()), self.names, self.comm,
                                        self.step)
         self.step += 1

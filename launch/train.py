@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
 import signal
@@ -37,17 +36,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
-
-from distcomp.checkpoint import latest, load_rank, save_rank  # noqa: E402
-from distcomp.co2 import CO2, CO2Config  # noqa: E402
-from distcomp.comm import wait_work  # noqa: E402
-from distcomp.config import METHODS, CompressionConfig  # noqa: E402
-from hooks import CompressionState, LGreCoState, compression_hook, local_hook  # noqa: E402
+from distcomp.checkpoint import latest, load_rank, save_rank
+from distcomp.co2 import CO2, CO2Config
+from distcomp.comm import wait_work
+from distcomp.config import METHODS, CompressionConfig
+from distcomp.hooks import CompressionState, LGreCoState, compression_hook, local_hook
+from distcomp.workloads.teacher import TeacherTask
 
 COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd",
          "co2")
@@ -119,16 +115,16 @@ def parse_args(argv=None) -> Options:
 
 
 def comm_options(opts) -> dict:
-    """The hook's options from the command line: the method's knob and the timeout, plus
-    top-k's momentum correction set to the optimizer's momentum (what a user of
-    ``SGD(momentum=m)`` is told to do)."""
+    """The hook's options from the command line: the method's own knob (rank, density or
+    bits; the others are not passed, so nothing is logged as ignored), the warm-up, the
+    schedule and the timeout, plus top-k's momentum correction set to the optimizer's momentum
+    (what a user of ``SGD(momentum=m)`` is told to do)."""
     method = opts.comm.removeprefix("lgreco-")
-    options = {"rank": opts.rank, "density": opts.density, "bits": opts.bits,
-               "warmup_steps": opts.warmup_steps, "accordion": not opts.fixed_setting,
+    options = {"warmup_steps": opts.warmup_steps, "accordion": not opts.fixed_setting,
                "timeout_s": opts.timeout_s}
-    if method == "topk":
-        options["momentum"] = MOMENTUM
-    return options
+    own = {"powersgd": {"rank": opts.rank}, "qsgd": {"bits": opts.bits},
+           "topk": {"density": opts.density, "momentum": MOMENTUM}}
+    return {**options, **own.get(method, {})}
 
 
 def print_epoch(tag: str, epoch: int, epochs: int, loss: float, sent: float, dense: int,
@@ -153,10 +149,6 @@ def run_guarded(script: str, rank: int, fn) -> int:
         return 1
     finally:
         if dist.is_initialized():
-            # fn's DDP model and hook state (reference cycles) hold the process group; collected
-            # now, gloo's destructor runs here and not during interpreter exit, where it can
-            # abort (seen in benchmarks/netbench_worker.py under load).
-            gc.collect()
             dist.destroy_process_group()
 
 
@@ -254,33 +246,10 @@ def _rendezvous_from_mpi(rank: int, world: int) -> tuple[str, int]:
     return MPI.COMM_WORLD.bcast(here, root=0)
 
 
-class TeacherTask:
-    """Inputs x ~ N(0, I_32); label = argmax of a fixed random tanh network: offline, endless."""
-
-    def __init__(self, batch_size: int, width: int, seed: int):
-        g = torch.Generator().manual_seed(1234)
-        self.w1 = torch.randn(32, 64, generator=g) / 32**0.5
-        self.w2 = torch.randn(64, 10, generator=g) / 8
-        self.batch_size, self.width, self.seed = batch_size, width, seed
-
-    def model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(32, self.width), nn.ReLU(),
-                             nn.Linear(self.width, self.width), nn.ReLU(),
-                             nn.Linear(self.width, 10))
-
-    def batch(self, step: int, rank: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 1009 + rank)
-        x = torch.randn(self.batch_size, 32, generator=g)
-        return x, (torch.tanh(x @ self.w1) @ self.w2).argmax(1)
-
-    def loss(self, out, target):
-        return F.cross_entropy(out, target)
-
-
 def make_task(opts: Options, rank: int):
     if opts.workload == "teacher":
         return TeacherTask(opts.batch_size, opts.width, opts.seed)
-    from benchmarks.workloads import WORKLOADS, prepare
+    from distcomp.workloads import WORKLOADS, prepare
 
     if rank == 0:
         prepare(opts.data_dir)
@@ -314,6 +283,17 @@ def train(opts: Options, rank: int, world: int) -> bool:
         kind = LGreCoState if opts.comm.startswith("lgreco-") else CompressionState
         state = kind(model, method, **comm_options(opts))
         model.register_comm_hook(state, compression_hook)
+    # distcomp: states hold a thread and a process group; closed before the group is destroyed
+    try:
+        return _loop(opts, rank, world, task, model, opt, state, stop, device)
+    finally:
+        for resource in (state, opt):
+            if hasattr(resource, "close"):
+                resource.close()
+
+
+def _loop(opts: Options, rank: int, world: int, task, model: DDP, opt, state, stop: StopRequest,
+          device: torch.device) -> bool:
     ledger = state.ledger if state is not None else getattr(opt, "ledger", None)
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 

@@ -4,7 +4,7 @@
     deepspeed --num_gpus 2 launch/train_deepspeed.py --comm topk --density 0.01
 
 The lines that enable distcomp are marked "distcomp:" below (compression needs ZeRO stage 0:
-see :mod:`hooks.deepspeed`). ``--comm none`` is DeepSpeed's own all-reduce, at any
+see :mod:`distcomp.hooks.deepspeed`). ``--comm none`` is DeepSpeed's own all-reduce, at any
 ``--zero-stage``. Workloads, the per-epoch line (loss, bytes per step, step time), the timeout
 on every collective and the clear error on a lost peer are those of ``launch/train.py``.
 ``--log-json`` writes every step's loss and, with ``--comm none``, the bytes DeepSpeed's own
@@ -22,11 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train import (  # noqa: E402
+from train import (
     MOMENTUM,
     comm_options,
     init_distributed,
@@ -36,7 +32,7 @@ from train import (  # noqa: E402
     run_guarded,
 )
 
-from distcomp.config import CompressionConfig  # noqa: E402
+from distcomp.config import CompressionConfig
 
 COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd")
 
@@ -87,7 +83,7 @@ def train(opts: Options, rank: int, world: int) -> None:
     import deepspeed
     from deepspeed import comm as ds_comm
 
-    from hooks.deepspeed import DeepSpeedCompression, register_deepspeed_hook
+    from distcomp.hooks.deepspeed import DeepSpeedCompression, register_deepspeed_hook
 
     task = make_task(opts, rank)
     torch.manual_seed(opts.seed)

@@ -19,13 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from train import MOMENTUM, comm_options, parse_into, print_epoch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train import MOMENTUM, TeacherTask, comm_options, parse_into, print_epoch  # noqa: E402
-
-from distcomp.config import CompressionConfig  # noqa: E402
+from distcomp.config import CompressionConfig
+from distcomp.workloads.teacher import TeacherTask
 
 COMMS = ("none", "fp16", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk",
          "lgreco-qsgd")
@@ -70,7 +67,7 @@ def main(argv=None) -> int:
 
 
 def train(opts: Options, hvd) -> None:
-    from hooks.horovod import DistributedOptimizer, HorovodCompression
+    from distcomp.hooks.horovod import DistributedOptimizer, HorovodCompression
 
     rank, world = hvd.rank(), hvd.size()
     task = TeacherTask(opts.batch_size, opts.width, opts.seed)

@@ -20,7 +20,8 @@ LONGEST_FIRST = (
     "tests/benchmarks/test_data_benchmarks.py", "tests/hooks/test_ddp.py",
     "tests/distcomp/test_gnnpipe.py", "tests/data_compress/test_mpi.py",
     "tests/hooks/test_multibucket.py", "tests/benchmarks/test_soak.py",
-    "tests/data_compress/test_cli.py",
+    "tests/data_compress/test_cli.py", "tests/test_docs_commands.py",
+    "tests/launch/test_frameworks.py",
 )
 
 

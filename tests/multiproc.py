@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 _CTX = mp.get_context("forkserver")
-_CTX.set_forkserver_preload(["torch", "torch.distributed", "distcomp.reducer", "hooks",
+_CTX.set_forkserver_preload(["torch", "torch.distributed", "distcomp.reducer", "distcomp.hooks",
                              "tests.models"])
 
 

@@ -280,7 +280,7 @@ def test_settings_sweep_draws_the_frontier(tmp_path):
 
 def test_fixed_arms_turn_the_schedule_off_and_keep_the_dense_warmup():
     from benchmarks.netbench_worker import arm_options, family
-    from benchmarks.workloads import WORKLOADS
+    from distcomp.workloads import WORKLOADS
 
     args = SimpleNamespace(timeout=300.0, rank=None, density=None, bits=None)  # worker's flags
     workload = WORKLOADS["cnn"]
@@ -289,3 +289,18 @@ def test_fixed_arms_turn_the_schedule_off_and_keep_the_dense_warmup():
         assert family(arm) == method
         assert opts["accordion"] is False and opts["warmup_steps"] == 10
     assert "accordion" not in arm_options("qsgd", args, workload)  # the library's default
+
+
+README_COMMAND = "python -m benchmarks.netbench --workloads lm --arms allreduce,powersgd"
+
+
+def test_readmes_netbench_command_at_quick_size(tmp_path):
+    """README's "check yours" command, as written plus ``--quick`` (here, in this file's
+    worker: no two tests may own network namespaces at once)."""
+    assert README_COMMAND in (REPO / "README.md").read_text()
+    argv = README_COMMAND.split()[3:] + ["--quick", "--json", str(tmp_path / "nb.json")]
+    assert netbench.main(argv) == 0
+    arms = {r["arm"]: r for r in json.loads((tmp_path / "nb.json").read_text())["results"]}
+    assert set(arms) == {"allreduce", "powersgd"}
+    assert all(r["status"] == "ok" for r in arms.values())
+    assert mine() == []

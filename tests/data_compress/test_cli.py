@@ -16,8 +16,8 @@ datasets = pytest.importorskip("datasets", reason="needs Hugging Face datasets (
 pytest.importorskip("faiss", reason="needs faiss-cpu (the data extra)")
 from sklearn.datasets import load_digits  # noqa: E402
 
-from data_compress.cli import main  # noqa: E402
-from data_compress.quantize import class_targets  # noqa: E402
+from distcomp.data.cli import main  # noqa: E402
+from distcomp.data.quantize import class_targets  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_quantize_round_trip(digits, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     original = datasets.load_from_disk(str(digits)).with_format("numpy")
     labels = original["label"]
-    kept = datasets.load_from_disk(str(out / "data")).with_format("numpy")
+    kept = datasets.load_from_disk(str(out)).with_format("numpy")
     assert np.all(np.diff(keep) > 0) and len(kept) == len(keep) == manifest["rows_kept"]
     np.testing.assert_array_equal(kept["x"], original["x"][keep])  # the rows, in order
     want = class_targets(labels, 0.3)
@@ -91,13 +91,16 @@ def test_quantize_with_kmeans_bins(digits, tmp_path):
 def test_embed_then_quantize_and_dedup_on_the_embedding(digits, tmp_path):
     emb = tmp_path / "emb"
     assert run("embed", "--input", digits, "--output", emb, "--epochs", 2) == 0
-    ds = datasets.load_from_disk(str(emb / "data"))
+    ds = datasets.load_from_disk(str(emb))
     assert "embedding" in ds.column_names and len(ds) == 1797
     assert run("quantize", "--input", emb, "--output", tmp_path / "q", "--ratio", 0.1,
                "--features", "embedding", "--method", "knn") == 0
     assert run("dedup", "--input", emb, "--output", tmp_path / "d", "--features",
                "embedding", "--threshold", 0.999) == 0
     assert 0 < json.loads((tmp_path / "d" / "manifest.json").read_text())["rows_kept"] <= 1797
+    again = tmp_path / "again"  # embedding an embedded set: a clear error, nothing computed
+    assert run("embed", "--input", emb, "--output", again) == 2
+    assert not again.exists()
 
 
 def test_npz_csv_and_parquet_inputs(tmp_path):

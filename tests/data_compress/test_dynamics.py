@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from data_compress.dynamics import train_probe
+from distcomp.data.dynamics import train_probe
 
 
 def _blobs(n: int = 300, d: int = 12, classes: int = 3, seed: int = 0):

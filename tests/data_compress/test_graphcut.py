@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_compress.graphcut import bin_sizes, graphcut_bins, unit_rows
+from distcomp.data.graphcut import bin_sizes, graphcut_bins, unit_rows
 
 
 def dense_bins(features: np.ndarray, n_bins: int) -> list[np.ndarray]:

@@ -17,8 +17,8 @@ pytest.importorskip("mpi4py", reason="needs mpi4py (the mpi extra, built against
 if shutil.which("mpirun") is None:
     pytest.skip("needs mpirun (Debian: openmpi-bin)", allow_module_level=True)
 
-from data_compress import scores  # noqa: E402
-from data_compress.dynamics import train_probe  # noqa: E402
+from distcomp.data import scores  # noqa: E402
+from distcomp.data.dynamics import train_probe  # noqa: E402
 
 SCRIPT = Path(sys.executable).with_name("distcomp-data")
 ENCODER = '''
@@ -70,16 +70,16 @@ def test_embed_shards_rows_and_gathers_them_in_order(table, tmp_path):
     proc = mpirun("embed", "--input", path, "--output", out, "--model", "enc_mod:encoder",
                   env_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import torch
-        from enc_mod import encoder
+    import importlib.util
 
-        with torch.no_grad():
-            want = encoder()(torch.from_numpy(x)).numpy()
-    finally:
-        sys.path.remove(str(tmp_path))
-    got = np.stack(datasets.load_from_disk(str(out / "data")).with_format("numpy")["embedding"])
+    import torch
+
+    spec = importlib.util.spec_from_file_location("enc_mod", tmp_path / "enc_mod.py")
+    enc_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(enc_mod)
+    with torch.no_grad():
+        want = enc_mod.encoder()(torch.from_numpy(x)).numpy()
+    got = np.stack(datasets.load_from_disk(str(out)).with_format("numpy")["embedding"])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
@@ -89,3 +89,20 @@ def test_bad_input_fails_on_every_rank_without_hanging(table, tmp_path):
                   "--method", "el2n")
     assert proc.returncode != 0 and "ratio must be in (0, 1]" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_quantize_with_a_model_shards_the_embedding_and_matches_one_process(table, tmp_path):
+    """Every command whose features come from --model embeds in shards (rank 0 alone would
+    wait forever in the gather for ranks that had returned)."""
+    path, _, _ = table
+    (tmp_path / "enc_mod.py").write_text(ENCODER)
+    args = ["quantize", "--input", path, "--ratio", 0.3, "--model", "enc_mod:encoder"]
+    proc = mpirun(*args, "--output", tmp_path / "m", env_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"}
+    local = subprocess.run([str(SCRIPT), *map(str, args), "--output", str(tmp_path / "l")],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert local.returncode == 0, local.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "m" / "indices.npy"),
+                                  np.load(tmp_path / "l" / "indices.npy"))
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["mpi_ranks"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_compress.quantize import class_targets, kmeans_bins, kmeans_pp, quantize, split_quota
+from distcomp.data.quantize import class_targets, kmeans_bins, kmeans_pp, quantize, split_quota
 
 
 def data(n: int = 900, seed: int = 0):

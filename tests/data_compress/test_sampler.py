@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_compress.sampler import IndexedDataset, InfoBatchSampler
+from distcomp.data.sampler import IndexedDataset, InfoBatchSampler
 from tests.multiproc import run_ranks
 
 

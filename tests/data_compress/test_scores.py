@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_compress import scores
+from distcomp.data import scores
 
 
 def test_el2n_and_grand_on_hand_values():

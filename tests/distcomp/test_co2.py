@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distcomp.co2 import CO2, CO2Config
-from hooks import local_hook
+from distcomp.hooks import local_hook
 from tests.models import Teacher, mlp
 from tests.multiproc import outcome, run_ranks
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hooks import CompressionState, LGreCoState, compression_hook
+from distcomp.hooks import CompressionState, LGreCoState, compression_hook
 from tests.models import ConvNet, Teacher, convnet_batch, mlp
 from tests.multiproc import outcome, run_ranks
 from tests.resume import resume_matches

@@ -1,6 +1,6 @@
-"""hooks.deepspeed on real DeepSpeed engines, 2 gloo ranks: exact where nothing is compressed,
-converging with fewer bytes where it is, resumable, refusing what it cannot do, and a killed
-rank ending the survivor with a clear error."""
+"""distcomp.hooks.deepspeed on real DeepSpeed engines, 2 gloo ranks: exact where nothing is
+compressed, converging with fewer bytes where it is, resumable, refusing what it cannot do, and
+a killed rank ending the survivor with a clear error."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def _steps(engine, rank: int, first: int, count: int, grad_accum: int) -> list[f
 
 
 def _train(rank, world, comm, steps=6, grad_accum=1, **options):
-    from hooks.deepspeed import DeepSpeedCompression, register_deepspeed_hook
+    from distcomp.hooks.deepspeed import DeepSpeedCompression, register_deepspeed_hook
 
     os.environ["RANK"] = str(rank)
     engine = _engine(grad_accum=grad_accum)
@@ -98,7 +98,7 @@ def _resume(rank, world, methods):
 
 
 def _resume_one(rank, method):
-    from hooks.deepspeed import DeepSpeedCompression, register_deepspeed_hook
+    from distcomp.hooks.deepspeed import DeepSpeedCompression, register_deepspeed_hook
 
     os.environ["RANK"] = str(rank)
     runs = []
@@ -149,7 +149,7 @@ REFUSED = [((1, False), "ZeRO stage 0 only, this engine uses stage 1"),
 
 
 def _refused(rank, world):
-    from hooks.deepspeed import DeepSpeedCompression
+    from distcomp.hooks.deepspeed import DeepSpeedCompression
 
     os.environ["RANK"] = str(rank)
     messages = []

@@ -1,5 +1,5 @@
-"""hooks.horovod under a real `horovodrun -np 2 --gloo`: the same steps as the DDP hook, fewer
-bytes than Horovod's own all-reduce, a loss near Horovod's own, resumable state."""
+"""distcomp.hooks.horovod under a real `horovodrun -np 2 --gloo`: the same steps as the DDP hook,
+fewer bytes than Horovod's own all-reduce, a loss near Horovod's own, resumable state."""
 
 from __future__ import annotations
 

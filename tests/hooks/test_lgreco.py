@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hooks import LGreCoState, lgreco_hook
+from distcomp.hooks import LGreCoState, lgreco_hook
 from tests.models import Teacher
 from tests.multiproc import run_ranks
 from tests.resume import resume_matches

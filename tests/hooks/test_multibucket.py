@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from hooks import CompressionState, compression_hook
+from distcomp.hooks import CompressionState, compression_hook
 from tests.multiproc import run_ranks
 
 

@@ -133,7 +133,7 @@ def test_deepspeed_template_trains_with_compression(slurm, tmp_path):
 def test_data_template_shards_over_mpi_tasks(slurm, tmp_path):
     pytest.importorskip("mpi4py", reason="needs mpi4py (the mpi extra)")
     pytest.importorskip("datasets", reason="needs Hugging Face datasets (the data extra)")
-    from data_compress.quantize import class_targets
+    from distcomp.data.quantize import class_targets
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 240)
