@@ -37,9 +37,8 @@ lint: venv
 # an __all__ named (it hides submodules from pdoc's own walk). Part of `make test`, so CI
 # checks that it builds.
 mods = $(patsubst %.py,$(2).%,$(notdir $(filter-out %/__init__.py,$(wildcard $(1)/*.py))))
-DOC_MODULES := distcomp $(call mods,distcomp,distcomp) distcomp.workloads \
-  $(call mods,distcomp/workloads,distcomp.workloads) distcomp.hooks $(call mods,hooks,distcomp.hooks) \
-  distcomp.data
+DOC_MODULES := distcomp $(call mods,distcomp,distcomp) distcomp.workloads distcomp.hooks \
+  $(call mods,hooks,distcomp.hooks) distcomp.data
 docs: venv
 	$(RUN) $(BIN)/python -m pdoc --docformat restructuredtext -o build/api $(DOC_MODULES)
 	@test -s build/api/distcomp/hooks/ddp.html && test -s build/api/distcomp/data/cli.html && \

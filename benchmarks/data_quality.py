@@ -42,6 +42,7 @@ from benchmarks.common import ci95, environment, write_json
 from distcomp.data import scores
 from distcomp.data.dynamics import ProbeMLP, train_probe
 from distcomp.data.quantize import quantize
+from distcomp.data.sources import AUTO_FEATURES as CLI_AUTO_FEATURES
 
 METHODS = ("random", "dq", "dq-kmeans", "el2n", "grand", "forgetting", "moderate", "kcenter",
            "ccs")
@@ -139,7 +140,10 @@ def load(name: str, split: str = "test"):
 # the probe's hidden layer lost to random at 10% on mnist1d (-1.6 points), on the inputs it won
 # (+9.1); DQ and moderate did as well or better on the probe's; DQ over k-means bins did better
 # on the inputs (+1.0/+1.5 at 10/30%, on the probe's layer -0.1/+0.9).
-AUTO_FEATURES = {"dq": "probe", "dq-kmeans": "input", "moderate": "probe", "kcenter": "input"}
+# the CLI's --features auto, keyed by this benchmark's method names (one table, the CLI's)
+CLI_METHOD = {"dq": ("quantize", "graphcut"), "dq-kmeans": ("quantize", "kmeans"),
+              "moderate": ("prune", "moderate"), "kcenter": ("prune", "kcenter")}
+AUTO_FEATURES = {m: CLI_AUTO_FEATURES[key] for m, key in CLI_METHOD.items()}
 
 
 def select(method: str, ratio: float, x, y, dyn, seed: int, features: str = "auto"

@@ -71,6 +71,8 @@ def main(argv=None) -> int:
             json.dump({"losses": losses, "stats": stats, "checksum": checksum,
                        "steps": None if state is None else state.step}, f)
     accelerator.end_training()
+    if torch.distributed.is_initialized():  # the default group, not left to interpreter exit
+        torch.distributed.destroy_process_group()
     return 0
 
 

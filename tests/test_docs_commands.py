@@ -68,7 +68,7 @@ TINY: dict[str, tuple] = {
         "test", "tests/launch/test_train.py::test_mpirun_launch", "Open MPI as root"),
     "sbatch slurm/train.sbatch": ("test", "tests/slurm/test_templates.py",
                                   "a local slurmctld + slurmd"),
-    "python -m benchmarks.netbench --workloads lm --arms allreduce,powersgd": (
+    "python -m benchmarks.netbench --workloads cnn --arms allreduce,powersgd": (
         "test", "tests/benchmarks/test_netbench.py::test_readmes_netbench_command_at_quick_size",
         "with --quick, where the other network-namespace tests run (one worker at a time)"),
     # the data CLI, in README's order, on tiny stand-ins for ds/ and digits/ (one test below)

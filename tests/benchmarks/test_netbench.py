@@ -291,7 +291,7 @@ def test_fixed_arms_turn_the_schedule_off_and_keep_the_dense_warmup():
     assert "accordion" not in arm_options("qsgd", args, workload)  # the library's default
 
 
-README_COMMAND = "python -m benchmarks.netbench --workloads lm --arms allreduce,powersgd"
+README_COMMAND = "python -m benchmarks.netbench --workloads cnn --arms allreduce,powersgd"
 
 
 def test_readmes_netbench_command_at_quick_size(tmp_path):
