@@ -105,7 +105,8 @@ class CompressionState:
             return
         if not dist.is_initialized():
             raise RuntimeError("CompressionState.attach needs torch.distributed initialized")
-        process_group = process_group or self.process_group
+        if process_group is None:
+            process_group = self.process_group  # given at construction, before binding
         self._owns_group = process_group is None
         if process_group is None:
             process_group = dist.new_group(backend=dist.get_backend())

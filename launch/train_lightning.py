@@ -14,13 +14,12 @@ losses, the compression stats and a parameter checksum (the tests compare ranks)
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 
 import lightning.pytorch as pl
 import torch
+from framework_run import finish, parse_args
 from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -65,14 +64,7 @@ class Batches(torch.utils.data.IterableDataset):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--comm", choices=("none", "powersgd", "topk", "qsgd"), default="powersgd",
-                   help="none: Lightning's own DDP all-reduce (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=0.05,
-                   help="SGD learning rate (default: %(default)s)")
-    p.add_argument("--log-json", default="", help="write rank R's record to PATH.rankR")
-    args = p.parse_args(argv)
+    args = parse_args(__doc__.splitlines()[0], "Lightning", argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     task = TeacherTask(seed=0)
     torch.manual_seed(0)
@@ -94,21 +86,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     trainer.fit(module, loader)
     elapsed = time.perf_counter() - start
-    stats = state.compression_stats() if state is not None else None
-    if state is not None:
-        state.close()  # distcomp: its thread and process group, before Lightning's teardown
-    dense = sum(q.numel() * q.element_size() for q in module.parameters())
-    sent = stats["sent_bytes_per_step"] if stats else dense
-    if rank == 0:
-        tail = module.losses[-10:]
-        print(f"[{args.comm}] lightning {args.steps} steps loss {sum(tail) / len(tail):.4f} "
-              f"bytes/step {sent:,.0f} (dense/sent {dense / max(sent, 1):.1f}x) "
-              f"step {elapsed / args.steps * 1e3:.1f} ms", flush=True)
-    if args.log_json:
-        checksum = float(sum(q.detach().double().sum() for q in module.parameters()))
-        with open(f"{args.log_json}.rank{rank}", "w") as f:
-            json.dump({"losses": module.losses, "stats": stats, "checksum": checksum,
-                       "steps": None if state is None else state.step}, f)
+    finish(args, "lightning", rank, module, module.losses, state, elapsed)
     # Lightning leaves the default group alive; destroyed here, not by a gloo destructor at
     # interpreter exit (which aborted a plain `--comm none` run under load in CI)
     if torch.distributed.is_initialized():
