@@ -78,9 +78,10 @@ class ByteLedger:
                "ratio": self.ratio}
         if per_key:
             out["per_key"] = {
-                k: {"dense_bytes": self.dense_per_key.get(k, 0), "sent_bytes": self.per_key[k],
+                k: {"dense_bytes": self.dense_per_key.get(k, 0),
+                    "sent_bytes": self.per_key.get(k, 0),
                     "ratio": (self.dense_per_key[k] / self.per_key[k]
-                              if self.per_key[k] and self.dense_per_key.get(k) else None)}
+                              if self.per_key.get(k) and self.dense_per_key.get(k) else None)}
                 for k in sorted(set(self.per_key) | set(self.dense_per_key))}
         return out
 
