@@ -38,6 +38,13 @@ def _version(name: str) -> str | None:
         return None
 
 
+NATIVE_ABORT = "terminate called"
+"""What a rank prints when gloo's C++ side calls std::terminate. Seen rarely under load, with no
+Python error before it, at a process group's teardown: a benchmark runs such a run once more
+(on a fresh port, ``RETRY_PORT_OFFSET`` up) and keeps the first attempt's error in the record."""
+RETRY_PORT_OFFSET = 500
+
+
 def free_port() -> int:
     """A TCP port free on the loopback now (for a process group's rendezvous)."""
     with socket.socket() as s:

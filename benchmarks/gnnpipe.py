@@ -28,7 +28,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from benchmarks.common import environment, reap, write_json
+from benchmarks.common import NATIVE_ABORT, RETRY_PORT_OFFSET, environment, reap, write_json
 from benchmarks.netbench import error_excerpt
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 
@@ -104,10 +104,6 @@ def launch(args, net: TwoHosts | None, mode: str, layers: int, index: int, out: 
         procs[host] = net.popen(host, cmd, env=henv, cwd=REPO, stdout=logs[host],
                                 stderr=subprocess.STDOUT)
     return procs, logs
-
-
-NATIVE_ABORT = "terminate called"
-RETRY_PORT_OFFSET = 500  # a fresh rendezvous port for the second attempt
 
 
 def run_one(args, net, mode: str, layers: int, index: int, out: Path) -> dict:

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import environment, reap, write_json
+from benchmarks.common import NATIVE_ABORT, RETRY_PORT_OFFSET, environment, reap, write_json
 from benchmarks.netbench_worker import ARMS, CO2_ARMS, FIXED_ARMS, LGRECO_ARMS, split_arm
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 from distcomp.workloads import WORKLOADS, prepare
@@ -104,8 +104,21 @@ def smooth_for(steps: int) -> int:
 
 def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: Path,
             target: float | None) -> dict:
+    """One arm; an arm whose rank died in a native abort (``benchmarks.common.NATIVE_ABORT``)
+    runs once more on a fresh port, its record keeping ``first_attempt_error``."""
+    rec = attempt_arm(net, args, workload, arm, index, out_dir, target)
+    if rec["status"] == "error" and NATIVE_ABORT in rec["error"]:
+        retry = attempt_arm(net, args, workload, arm, index + RETRY_PORT_OFFSET, out_dir, target)
+        return {**retry, "first_attempt_error": rec["error"]}
+    return rec
+
+
+def attempt_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: Path,
+                target: float | None) -> dict:
     """Start both ranks in their namespaces, wait (bounded), and merge what they wrote.
     ``target``: allreduce's smoothed loss; the arm may run on until it reaches it."""
+    for stale in out_dir.glob(f"{workload}-{arm}-rank*.*"):  # a first attempt's heartbeats
+        stale.unlink()
     steps = steps_for(args, workload)
     chase = target is not None and arm not in ("local", "allreduce")
     extra = [f"--max-steps={int(PAST_TARGET * steps)}", f"--target-loss={target}"] if chase \
@@ -149,15 +162,26 @@ def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: P
     return {**base, **merge(out_dir, workload, arm, steps, target)}
 
 
+PEER_GRACE_S = 20.0
+
+
 def watch(procs: dict, out_dir: Path, pattern: str, args) -> str | None:
     """Wait for both ranks; return why the arm counts as hung (None if both exited): no step
-    finished for ``--stall-timeout`` seconds (ranks write a heartbeat file every step), or the
-    whole arm ran past ``--arm-timeout``."""
+    finished for ``--stall-timeout`` seconds (ranks write a heartbeat file every step), the
+    whole arm ran past ``--arm-timeout``, or one host failed and the other still runs
+    ``PEER_GRACE_S`` later (it waits on the dead peer: a collective, or torchrun's exit barrier,
+    would hold it for the full process-group timeout)."""
     start = time.monotonic()
-    while any(p.poll() is None for p in procs.values()):
+    failed_at = None
+    while any([p.poll() is None for p in procs.values()]):  # a list: poll every one
         now = time.monotonic()
         if now - start > args.arm_timeout:
             return f"still running after {args.arm_timeout:.0f}s"
+        dead = {h: p.returncode for h, p in procs.items() if p.returncode}
+        if dead and failed_at is None:
+            failed_at = now
+        if failed_at is not None and now - failed_at > PEER_GRACE_S:
+            return f"host exited {dead}, its peer still ran {PEER_GRACE_S:.0f}s later"
         beats = [f.stat().st_mtime for f in out_dir.glob(pattern)]
         last = max(beats) if beats else None
         silent = time.time() - last if last is not None else now - start

@@ -109,7 +109,7 @@ def test_tiny_run_writes_valid_json(tmp_path):
     assert [r["arm"] for r in payload["results"]] == ["allreduce", "local", "powersgd"]
     recs = {r["arm"]: r for r in payload["results"]}
     for arm, r in recs.items():
-        assert r["status"] == "ok", r
+        assert r["status"] == "ok", json.dumps(r, indent=1)  # the ranks' log tails in full
         for key in ("wire_bytes_per_step", "ledger_bytes_per_step", "step_time_s",
                     "loss_at_equal_steps"):
             assert isinstance(r[key], float | int), (arm, key)
@@ -143,6 +143,44 @@ def test_a_crashing_arm_is_recorded_not_hidden(tmp_path):
     assert rc == 0
     (rec,) = json.loads(out.read_text())["results"]
     assert rec["status"] == "error" and "rank must be an integer >= 1" in rec["error"], rec
+
+
+def test_a_host_that_dies_is_not_waited_on_for_the_full_timeout(tmp_path, monkeypatch):
+    """One host exits non-zero while the other would wait on it (a collective, or torchrun's
+    exit barrier): the arm ends PEER_GRACE_S later, not after the stall or arm timeout."""
+    monkeypatch.setattr(netbench, "PEER_GRACE_S", 1.0)
+    procs = {"a": subprocess.Popen(["sleep", "60"]),
+             "b": subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])}
+    args = SimpleNamespace(arm_timeout=60.0, stall_timeout=60.0)
+    start = time.monotonic()
+    try:
+        why = netbench.watch(procs, tmp_path, "none-*.progress", args)
+    finally:
+        procs["a"].kill()
+        procs["a"].wait()
+    assert time.monotonic() - start < 10
+    assert why == "host exited {'b': 3}, its peer still ran 1s later"
+
+
+def test_a_native_abort_is_run_once_more_and_kept_in_the_record(monkeypatch):
+    calls = []
+
+    def attempt(net, args, workload, arm, index, out_dir, target):
+        calls.append(index)
+        if len(calls) == 1:
+            return {"arm": arm, "status": "error", "error": "[b] terminate called without an "
+                    "active exception"}
+        return {"arm": arm, "status": "ok", "error": None}
+
+    monkeypatch.setattr(netbench, "attempt_arm", attempt)
+    rec = netbench.run_arm(None, None, "cnn", "allreduce", 3, Path("."), None)
+    assert calls == [3, 3 + netbench.RETRY_PORT_OFFSET]
+    assert rec["status"] == "ok" and "terminate called" in rec["first_attempt_error"]
+    calls.clear()
+    monkeypatch.setattr(netbench, "attempt_arm", lambda *a: calls.append(1) or
+                        {"status": "error", "error": "exit codes {'a': 1}: ValueError"})
+    assert netbench.run_arm(None, None, "cnn", "powersgd", 0, Path("."), None)["status"] == "error"
+    assert calls == [1]  # a Python error is the arm's own: not retried
 
 
 def test_sigterm_tears_the_namespaces_down(tmp_path):
