@@ -44,7 +44,9 @@ def markers(json_path: str) -> tuple[str, str]:
 
 # quick: past the 10 dense warm-up steps where it is cheap, so the compressed steps run too
 STEPS = {"full": {"lm": 150, "cnn": 300, "resnet": 600},
-         "quick": {"lm": 3, "cnn": 14, "resnet": 14}}
+         "quick": {"lm": 3, "cnn": 14, "resnet": 14},
+         # smoke: a 1-step dense warm-up where the arm sets none (torch's least: 2)
+         "smoke": {"lm": 3, "cnn": 4, "resnet": 4}}
 OLD = {"rank": 4, "warmup_steps": 0, "accordion": False, "min_compression_rate": 1.0}
 # name -> (method, options): the defaults, then each with one default undone
 ARMS = {
@@ -66,6 +68,10 @@ ARMS = {
     # does per-layer rank buy rank 16's accuracy for fewer bytes than uniform rank 16?
     "lgreco powersgd": ("lgreco_powersgd", {}),
     "lgreco powersgd rank 16": ("lgreco_powersgd", {"rank": 16}),
+    # ... planned on each layer's error relative to its gradient (Adam rescales every layer)
+    "lgreco powersgd relative": ("lgreco_powersgd", {"lgreco": {"error_measure": "relative"}}),
+    "lgreco powersgd relative rank 16": ("lgreco_powersgd",
+                                         {"rank": 16, "lgreco": {"error_measure": "relative"}}),
     # torch's powerSGD_hook at our rank and dense warm-up, one bucket (its several-bucket race
     # aborts gloo, see netbench_worker.bucket_cap_mb): the anchor for "powersgd no accordion"
     "torch powersgd (rank 8 warm-up 10)": ("torch_powersgd", {}),
@@ -80,7 +86,8 @@ ARMS = {
 }
 # named only, not in "all": candidates for a default, and torch's hook as an anchor
 NAMED_ONLY = {"powersgd rank 16", "powersgd accordion threshold 0.2", "lgreco powersgd",
-              "lgreco powersgd rank 16",
+              "lgreco powersgd rank 16", "lgreco powersgd relative",
+              "lgreco powersgd relative rank 16",
               "torch powersgd (rank 8 warm-up 10)"}
 
 
@@ -95,6 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "powersgd no warm-up,powersgd no accordion,powersgd before (#24),topk,qsgd",
                    help="the arms the (slow) lm workload runs, from --arms")
     p.add_argument("--quick", action="store_true", help="a few steps: does it run at all")
+    p.add_argument("--smoke", action="store_true",
+                   help="does every arm run (how CI runs make bench's lines): every arm of a "
+                        "workload in one pair of processes, the first seed, 3-4 steps with a "
+                        "1-step dense warm-up; its figures mean nothing")
     p.add_argument("--data", default=str(REPO / "bench-results" / "data"))
     p.add_argument("--json", default=str(REPO / "bench-results" / "defaults.json"))
     p.add_argument("--readme", default=None, help="regenerate README's table from --json")
@@ -115,16 +126,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _rank(rank: int, port: int, spec: dict, out: str) -> None:
-    """One training rank: the arm's hook (with momentum correction for top-k where the
-    workload trains with momentum SGD, as its users are told), fixed steps, then the mean
-    loss curve over ranks and the ledger's bytes per step."""
+    """One training rank: each of ``spec["arms"]`` in turn from the same seed (one arm, or a
+    whole workload under ``--smoke``), writing ``{out}.{i}`` per arm on rank 0."""
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=300))
+    for i, arm in enumerate(spec["arms"]):
+        rec = _train(rank, {**spec, "arm": arm})
+        if rank == 0:
+            Path(f"{out}.{i}").write_text(json.dumps(rec))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _train(rank: int, spec: dict) -> dict:
+    """One arm: its hook (with momentum correction for top-k where the workload trains with
+    momentum SGD, as its users are told), fixed steps, then the mean loss curve over ranks,
+    the ledger's bytes per step and L-GreCo's plans."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
     workload = WORKLOADS[spec["workload"]](spec["data"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])
     method, options = ARMS[spec["arm"]]
@@ -133,9 +157,12 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
         "torch_powersgd" if method == "torch_powersgd" else "allreduce", net, ddp_buckets=False))
     state = None
     if method in TORCH_HOOKS:
-        register_torch_hook(model, method)
+        register_torch_hook(model, method, dense=2 if spec.get("smoke") else None)
     elif method is not None:
         from distcomp.hooks import CompressionState, LGreCoState, compression_hook
+
+        if spec.get("smoke"):
+            options = {"warmup_steps": 1, **options}
 
         if method == "topk":
             options = {"momentum": getattr(workload, "momentum", 0.0), **options}
@@ -155,16 +182,16 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
         book = state.ledger
         sent = sum(book.step_bytes(s) for s in range(spec["steps"])) / spec["steps"]
     dense = sum(p.numel() * p.element_size() for p in model.parameters())
-    if rank == 0:
-        Path(out).write_text(json.dumps({"losses": (curve / 2).tolist(), "bytes": sent,
-                                         "dense_bytes": dense}))
+    lgreco = getattr(getattr(state, "reducer", None), "lgreco", None)
+    plans = None if lgreco is None else [
+        {"step": p["step"], "settings": p["settings"], "ratios": p["ratios"]} for p in lgreco.plans]
     if state is not None:
         state.close()
-    dist.barrier()
-    dist.destroy_process_group()
+    return {"losses": (curve / 2).tolist(), "bytes": sent, "dense_bytes": dense, "plans": plans}
 
 
-def run(spec: dict, tmp: Path) -> dict:
+def run(spec: dict, tmp: Path) -> list[dict]:
+    """``spec["arms"]`` on two spawned ranks; a record per arm."""
     ctx = torch.multiprocessing.get_context("spawn")
     out = str(tmp / "rank0.json")
     port = free_port()
@@ -183,14 +210,19 @@ def run(spec: dict, tmp: Path) -> dict:
     for p in procs:
         if p.is_alive():
             p.kill()
-    if codes != [0, 0] or not Path(out).exists():
-        raise RuntimeError(f"{spec['workload']}/{spec['arm']} seed {spec['seed']}: ranks "
-                           f"exited with {codes}")
-    rec = json.loads(Path(out).read_text())
-    Path(out).unlink()
+    files = [Path(f"{out}.{i}") for i in range(len(spec["arms"]))]
+    if codes != [0, 0] or not all(f.exists() for f in files):
+        raise RuntimeError(f"{spec['workload']}/{','.join(spec['arms'])} seed {spec['seed']}: "
+                           f"ranks exited with {codes}")
     k = smooth_for(spec["steps"])
-    return {"loss": smoothed(rec["losses"], k)[-1], "bytes_per_step": rec["bytes"],
-            "dense_bytes": rec["dense_bytes"]}
+    recs = []
+    for f in files:
+        rec = json.loads(f.read_text())
+        f.unlink()
+        recs.append({"loss": smoothed(rec["losses"], k)[-1], "bytes_per_step": rec["bytes"],
+                     "dense_bytes": rec["dense_bytes"],
+                     **({"plans": rec["plans"]} if rec["plans"] else {})})
+    return recs
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -239,21 +271,24 @@ def main(argv=None) -> int:
         replace_block(args.readme, *markers(args.json), table(payload, os.path.relpath(args.json)))
         return 0
     prepare(args.data)
-    steps = STEPS["quick" if args.quick else "full"]
+    steps = STEPS["smoke" if args.smoke else "quick" if args.quick else "full"]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.workloads:
             arms = [a for a in args.arms if w != "lm" or a in args.lm_arms]
             seeds = args.seeds[:1] if w == "lm" else args.seeds
-            for seed in seeds:
-                for arm in arms:
-                    spec = {"workload": w, "arm": arm, "seed": seed, "steps": steps[w],
-                            "data": args.data}
-                    runs.append({**spec, **run(spec, Path(tmp))})
-                    print(f"  {w}/{arm} seed {seed}: loss {runs[-1]['loss']:.4f}",
-                          file=sys.stderr, flush=True)
+            launches = [arms] if args.smoke else [[arm] for arm in arms]
+            for seed in seeds[:1] if args.smoke else seeds:
+                for some in launches:
+                    spec = {"workload": w, "seed": seed, "steps": steps[w], "data": args.data,
+                            **({"smoke": True} if args.smoke else {})}
+                    for arm, rec in zip(some, run({**spec, "arms": some}, Path(tmp))):
+                        runs.append({**spec, "arm": arm, **rec})
+                        print(f"  {w}/{arm} seed {seed}: loss {rec['loss']:.4f}",
+                              file=sys.stderr, flush=True)
     payload = {"benchmark": "defaults", "config": {
         "steps": {w: steps[w] for w in args.workloads}, "seeds": args.seeds,
+        "smoke": args.smoke,
         "command": "python -m benchmarks.defaults " + shlex.join(argv or sys.argv[1:]),
         "env": environment()}, "runs": runs, "rows": summarise(runs)}
     write_json(args.json, payload)

@@ -29,7 +29,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from benchmarks.common import NATIVE_ABORT, RETRY_PORT_OFFSET, environment, reap, write_json
-from benchmarks.netbench import error_excerpt
+from benchmarks.netbench_launch import error_excerpt
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 
 REPO = Path(__file__).resolve().parents[1]

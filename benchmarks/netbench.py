@@ -4,6 +4,9 @@ by time to accuracy.
     sudo python -m benchmarks.netbench [--quick] [--bandwidth 100mbit|none] [--burst 1mbit]
         [--delay 20ms] [--arms local,allreduce,...] [--workloads lm,cnn,resnet] [--json PATH]
 
+``--smoke`` only checks that a command's arms run (README's ``make bench`` lines do, in CI): one
+launch per workload, a few steps, no shaping, figures that measure nothing.
+
 Two network namespaces joined by a veth pair shaped with tc tbf (see benchmarks/netns.py) each
 run one training rank under ``torchrun --nnodes=2`` (c10d rendezvous on host A's address, gloo on
 the veth). For every workload and arm, same seed, data and steps: wire bytes per timed step from
@@ -24,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.common import NATIVE_ABORT, RETRY_PORT_OFFSET, environment, reap, write_json
+from benchmarks.netbench_launch import error_excerpt, launch, watch
 from benchmarks.netbench_worker import ARMS, CO2_ARMS, FIXED_ARMS, LGRECO_ARMS, split_arm
 from benchmarks.netns import NetnsError, TwoHosts, require_root
 from distcomp.workloads import WORKLOADS, prepare
@@ -55,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tbf bucket, e.g. '1mbit' (default: the smallest that works for the rate)")
     p.add_argument("--delay", default=None, help="netem delay, e.g. '20ms' or '20ms 10ms'")
     p.add_argument("--quick", action="store_true", help="few steps: under 5 minutes")
+    p.add_argument("--smoke", action="store_true",
+                   help="does every arm run: all of a workload's arms in one launch, 3 steps "
+                        "with a 1-step dense warm-up, planning and CO2 rounds every step, no "
+                        "link shaping; its figures are not measurements")
     p.add_argument("--steps", type=int, default=None, help="override steps for every workload")
     p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps at the start")
     p.add_argument("--rank", type=int, default=None,
@@ -86,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.arms = sorted(args.arms, key=lambda a: a != "allreduce")
     if args.steps is not None and args.steps <= args.warmup_steps:
         p.error("--steps must exceed --warmup-steps")
-    args.bandwidth = None if args.bandwidth.lower() == "none" else args.bandwidth
+    args.bandwidth = None if args.bandwidth.lower() == "none" or args.smoke else args.bandwidth
     if args.arm_timeout is None:
         args.arm_timeout = 300.0 if args.quick else 1800.0
     args.plot = args.plot or str(Path(args.json).with_suffix(".png"))
@@ -97,112 +102,74 @@ def steps_for(args, workload: str) -> int:
     return args.steps or STEPS["quick" if args.quick else "full"][workload]
 
 
+SMOKE_STEPS = 3  # past torch's 2 dense steps; CO2 / DiLoCo average every step (tau 1)
+
+
 def smooth_for(steps: int) -> int:
     """k, the steps in the smoothed loss: a tenth of the run, at least 5."""
     return max(5, steps // 10)
 
 
-def run_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: Path,
-            target: float | None) -> dict:
-    """One arm; an arm whose rank died in a native abort (``benchmarks.common.NATIVE_ABORT``)
-    runs once more on a fresh port, its record keeping ``first_attempt_error``."""
-    rec = attempt_arm(net, args, workload, arm, index, out_dir, target)
-    if rec["status"] == "error" and NATIVE_ABORT in rec["error"]:
-        retry = attempt_arm(net, args, workload, arm, index + RETRY_PORT_OFFSET, out_dir, target)
-        return {**retry, "first_attempt_error": rec["error"]}
-    return rec
+def run_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int, out_dir: Path,
+             target: float | None) -> list[dict]:
+    """``arms`` in one launch of both ranks (one arm, or every arm under ``--smoke``), a record
+    each. Arms whose launch died in a native abort (``benchmarks.common.NATIVE_ABORT``) run once
+    more on a fresh port; their records keep ``first_attempt_error``."""
+    recs = attempt_arms(net, args, workload, arms, index, out_dir, target)
+    again = [r["arm"] for r in recs if r["status"] == "error" and NATIVE_ABORT in r["error"]]
+    if not again:
+        return recs
+    retried = iter(attempt_arms(net, args, workload, again, index + RETRY_PORT_OFFSET, out_dir,
+                                target))
+    return [{**next(retried), "first_attempt_error": r["error"]} if r["arm"] in again else r
+            for r in recs]
 
 
-def attempt_arm(net: TwoHosts, args, workload: str, arm: str, index: int, out_dir: Path,
-                target: float | None) -> dict:
+def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int, out_dir: Path,
+                 target: float | None) -> list[dict]:
     """Start both ranks in their namespaces, wait (bounded), and merge what they wrote.
-    ``target``: allreduce's smoothed loss; the arm may run on until it reaches it."""
-    for stale in out_dir.glob(f"{workload}-{arm}-rank*.*"):  # a first attempt's heartbeats
-        stale.unlink()
-    steps = steps_for(args, workload)
-    chase = target is not None and arm not in ("local", "allreduce")
+    ``target``: allreduce's smoothed loss; an arm may run on until it reaches it. An arm both
+    ranks finished is ``ok`` even if the launch failed later (the failure is kept in
+    ``teardown_error``); the others are errors with what the ranks printed."""
+    for arm in arms:  # a first attempt's heartbeats and records
+        for stale in out_dir.glob(f"{workload}-{arm}-rank*.*"):
+            stale.unlink()
+    steps = SMOKE_STEPS if args.smoke else steps_for(args, workload)
+    chase = target is not None and set(arms).isdisjoint({"local", "allreduce"})
     extra = [f"--max-steps={int(PAST_TARGET * steps)}", f"--target-loss={target}"] if chase \
         else []
     knobs = [f"--{k}={getattr(args, k)}" for k in ("rank", "density", "bits")
              if getattr(args, k) is not None]
-    port = 29400 + index
-    procs, logs = {}, {}
-    for host in ("a", "b"):
-        env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=net.iface[host],
-                   NETBENCH_IFACE=net.iface[host], NETBENCH_HOST=host, PYTHONPATH=str(REPO),
-                   PYTHONFAULTHANDLER="1")  # a crash prints every thread's Python stack
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-            "--rdzv_backend=c10d", f"--rdzv_endpoint={net.addr['a']}:{port}",
-            f"--rdzv_id=netbench-{os.getpid()}-{index}",
-            f"--rdzv_conf=is_host={int(host == 'a')}", f"--local_addr={net.addr[host]}",
-            "--max_restarts=0", "-m", "benchmarks.netbench_worker",
-            f"--workload={workload}", f"--arm={arm}", f"--data={args.data}",
-            f"--out={out_dir}", f"--steps={steps}", f"--warmup-steps={args.warmup_steps}",
-            f"--smooth={smooth_for(steps)}", *extra, *knobs,
-            f"--seed={args.seed}", f"--timeout={args.arm_timeout}",
-            f"--lgreco-warmup={max(4, args.warmup_steps)}",
-            f"--lgreco-period={max(4, (steps - args.warmup_steps) // 3)}", "--lgreco-window=4",
-            f"--tau={args.tau}",
-        ]
-        logs[host] = open(out_dir / f"{workload}-{arm}-{host}.log", "w+")
-        procs[host] = net.popen(host, cmd, env=env, cwd=REPO, stdout=logs[host],
-                                stderr=subprocess.STDOUT)
-    hung = watch(procs, out_dir, f"{workload}-{arm}-rank*.progress", args)
+    warmup = 1 if args.smoke else args.warmup_steps
+    lgreco = ([f"--lgreco-warmup={warmup}", "--lgreco-period=1", "--lgreco-window=1",
+               f"--dense-warmup={warmup}"] if args.smoke else
+              [f"--lgreco-warmup={max(4, warmup)}",
+               f"--lgreco-period={max(4, (steps - warmup) // 3)}", "--lgreco-window=4"])
+    label = arms[0] if len(arms) == 1 else "smoke"
+    worker = [
+        "benchmarks.netbench_worker", f"--workload={workload}", f"--arm={','.join(arms)}",
+        f"--data={args.data}", f"--out={out_dir}", f"--steps={steps}",
+        f"--warmup-steps={warmup}", f"--smooth={smooth_for(steps)}", *extra, *knobs,
+        f"--seed={args.seed}", f"--timeout={args.arm_timeout}", *lgreco,
+        f"--tau={1 if args.smoke else args.tau}",
+    ]
+    procs, logs = launch(net, worker, 29400 + index, out_dir / f"{workload}-{label}")
+    beats = f"{workload}-{label if len(arms) == 1 else '*'}-rank*.progress"
+    hung = watch(procs, out_dir, beats, args)
     texts = reap(procs, logs)
-    base = {"workload": workload, "arm": arm, "steps": steps}
-    if hung:
-        why = f"hang: {hung}, killed. "
-        return {**base, "status": "error", "error": why + error_excerpt(texts),
-                "log_tail": {h: t.splitlines()[-40:] for h, t in texts.items()}}
     codes = {h: p.returncode for h, p in procs.items()}
-    if any(codes.values()):
-        return {**base, "status": "error", "error": f"exit codes {codes}: " + error_excerpt(texts),
-                "log_tail": {h: t.splitlines()[-40:] for h, t in texts.items()}}
-    return {**base, **merge(out_dir, workload, arm, steps, target)}
-
-
-PEER_GRACE_S = 20.0
-
-
-def watch(procs: dict, out_dir: Path, pattern: str, args) -> str | None:
-    """Wait for both ranks; return why the arm counts as hung (None if both exited): no step
-    finished for ``--stall-timeout`` seconds (ranks write a heartbeat file every step), the
-    whole arm ran past ``--arm-timeout``, or one host failed and the other still runs
-    ``PEER_GRACE_S`` later (it waits on the dead peer: a collective, or torchrun's exit barrier,
-    would hold it for the full process-group timeout)."""
-    start = time.monotonic()
-    failed_at = None
-    while any([p.poll() is None for p in procs.values()]):  # a list: poll every one
-        now = time.monotonic()
-        if now - start > args.arm_timeout:
-            return f"still running after {args.arm_timeout:.0f}s"
-        dead = {h: p.returncode for h, p in procs.items() if p.returncode}
-        if dead and failed_at is None:
-            failed_at = now
-        if failed_at is not None and now - failed_at > PEER_GRACE_S:
-            return f"host exited {dead}, its peer still ran {PEER_GRACE_S:.0f}s later"
-        beats = [f.stat().st_mtime for f in out_dir.glob(pattern)]
-        last = max(beats) if beats else None
-        silent = time.time() - last if last is not None else now - start
-        if silent > args.stall_timeout:
-            steps = [f.read_text() for f in out_dir.glob(pattern)]
-            return f"no step finished for {args.stall_timeout:.0f}s (last steps started: {steps})"
-        time.sleep(0.5)
-    return None
-
-
-def error_excerpt(texts: dict[str, str], limit: int = 600) -> str:
-    """The most telling lines of the ranks' output (gloo's what(), Python errors, signals)."""
-    keys = ("what():", "terminate", "Abort", "Error", "error", "Signal", "SIGABRT", "Killed",
-            "mismatch")
-    lines = []
-    for host, text in texts.items():
-        for line in text.splitlines():
-            line = line.strip()
-            if any(k in line for k in keys) and "File " not in line and line not in lines:
-                lines.append(f"[{host}] {line}")
-    return " | ".join(lines)[:limit] or "no output"
+    why = f"hang: {hung}, killed. " if hung else \
+        f"exit codes {codes}: " if any(codes.values()) else None
+    recs = []
+    for arm in arms:
+        base = {"workload": workload, "arm": arm, "steps": steps}
+        if len(list(out_dir.glob(f"{workload}-{arm}-rank*.json"))) == 2:
+            rec = {**base, **merge(out_dir, workload, arm, steps, target)}
+            recs.append({**rec, "teardown_error": why + error_excerpt(texts)} if why else rec)
+        else:
+            recs.append({**base, "status": "error", "error": (why or "") + error_excerpt(texts),
+                         "log_tail": {h: t.splitlines()[-40:] for h, t in texts.items()}})
+    return recs
 
 
 def merge(out_dir: Path, workload: str, arm: str, steps: int, target: float | None) -> dict:
@@ -353,13 +320,15 @@ def main(argv=None) -> int:
         index = 0
         for workload in args.workloads:
             target = None
-            for arm in args.arms:
-                rec = run_arm(net, args, workload, arm, index, Path(tmp), target)
+            launches = [args.arms] if args.smoke else [[arm] for arm in args.arms]
+            for rec in (r for arms in launches for r in
+                        run_arms(net, args, workload, arms, index, Path(tmp), target)):
                 index += 1
+                arm = rec["arm"]
                 results.append(rec)
                 if arm == "allreduce" and rec["status"] == "ok":
                     target, ref = rec["loss_at_equal_steps"], rec["time_to_target_s"]
-                if target is not None and rec["status"] == "ok":
+                if target is not None and rec["status"] == "ok" and not args.smoke:
                     tta = rec["time_to_target_s"]
                     rec["time_to_target_over_allreduce"] = None if tta is None else tta / ref
                 status = "ok" if rec["status"] == "ok" else rec["error"][:200]
@@ -368,9 +337,10 @@ def main(argv=None) -> int:
         "benchmark": "netbench",
         "config": {
             "bandwidth": args.bandwidth, "burst": net.burst, "delay": args.delay,
-            "quick": args.quick,
+            "quick": args.quick, "smoke": args.smoke,
             "arms": args.arms, "workloads": args.workloads,
-            "steps": {w: steps_for(args, w) for w in args.workloads},
+            "steps": {w: SMOKE_STEPS if args.smoke else steps_for(args, w)
+                      for w in args.workloads},
             "warmup_steps": args.warmup_steps, "rank": args.rank, "density": args.density,
             "bits": args.bits, "seed": args.seed, "tau": args.tau,
             "command": "python -m benchmarks.netbench " + " ".join(argv or sys.argv[1:]),

@@ -87,23 +87,26 @@ def arm_options(arm: str, args, workload) -> dict:
         opts[knob] = value
     if method == "topk":
         opts["momentum"] = getattr(workload, "momentum", 0.0)
+    if getattr(args, "dense_warmup", None) is not None:
+        opts["warmup_steps"] = args.dense_warmup
     if name in FIXED_ARMS:
-        opts.update(accordion=False, warmup_steps=torch_start_iter())
+        opts.update(accordion=False, warmup_steps=torch_start_iter(opts.get("warmup_steps")))
     return opts
 
 
-def torch_start_iter() -> int:
-    """torch's start_powerSGD_iter for the comparison: our default dense warm-up, but at least
-    2, the least torch accepts with error feedback and warm start."""
+def torch_start_iter(dense: int | None = None) -> int:
+    """torch's start_powerSGD_iter for the comparison: ``dense`` steps (default: our default
+    dense warm-up), but at least 2, the least torch accepts with error feedback and warm start."""
     from distcomp.config import CompressionConfig
 
-    return max(2, CompressionConfig().warmup_steps)
+    return max(2, CompressionConfig().warmup_steps if dense is None else dense)
 
 
 TORCH_HOOKS = ("torch_fp16", "torch_powersgd")
 
 
-def register_torch_hook(model: DDP, name: str, rank: int | None = None) -> None:
+def register_torch_hook(model: DDP, name: str, rank: int | None = None,
+                        dense: int | None = None) -> None:
     """Attach one of torch's own hooks (``TORCH_HOOKS``), the anchors beside ours:
     fp16_compress_hook, or powerSGD_hook at ``rank`` (our default when None) with our dense
     warm-up as its start_powerSGD_iter. powerSGD_hook needs one DDP bucket on gloo
@@ -120,7 +123,7 @@ def register_torch_hook(model: DDP, name: str, rank: int | None = None) -> None:
     from distcomp.config import CompressionConfig
 
     state = ps.PowerSGDState(None, matrix_approximation_rank=rank or CompressionConfig().rank,
-                             start_powerSGD_iter=torch_start_iter())
+                             start_powerSGD_iter=torch_start_iter(dense))
     model.register_comm_hook(state, ps.powerSGD_hook)
 
 
@@ -135,7 +138,7 @@ def register_arm(model: DDP, arm: str, args, workload) -> object | None:
         model.register_comm_hook(None, local_hook)
         return None
     if name in TORCH_HOOKS:
-        register_torch_hook(model, name, args.rank)
+        register_torch_hook(model, name, args.rank, getattr(args, "dense_warmup", None))
         return None
     from distcomp.hooks import CompressionState, LGreCoState, compression_hook
 
@@ -184,7 +187,8 @@ def iface_counters(iface: str | None) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workload", required=True, choices=sorted(WORKLOADS))
-    p.add_argument("--arm", required=True, help="an arm, optionally ARM@SETTING")
+    p.add_argument("--arm", required=True,
+                   help="an arm, optionally ARM@SETTING; a comma list runs each in turn")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, required=True, help="the equal-steps point")
@@ -202,20 +206,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lgreco-period", type=int, default=20)
     p.add_argument("--lgreco-window", type=int, default=2)
     p.add_argument("--tau", type=int, default=4, help="local steps per CO2 / DiLoCo round")
+    p.add_argument("--dense-warmup", type=int, default=None,
+                   help="our hooks' and torch's dense warm-up steps (default: the library's)")
     p.add_argument("--torch-ddp-buckets", action="store_true",
                    help="torch's powerSGD_hook keeps DDP's default buckets (see bucket_cap_mb)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.timeout))
+    for arm in args.arm.split(","):
+        train(args, arm)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace, arm: str) -> None:
+    """One arm from a fresh model and seed; writes ``{out}/{workload}-{arm}-rank{R}.json``."""
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(args.seed)
     workload = WORKLOADS[args.workload](args.data, seed=args.seed)
     net = workload.model()
-    model = DDP(net, bucket_cap_mb=bucket_cap_mb(args.arm, net, args.torch_ddp_buckets))
-    state = register_arm(model, args.arm, args, workload)
+    model = DDP(net, bucket_cap_mb=bucket_cap_mb(arm, net, args.torch_ddp_buckets))
+    state = register_arm(model, arm, args, workload)
     opt = workload.optimizer(model.parameters())
-    name = split_arm(args.arm)[0]
+    name = split_arm(arm)[0]
     if name in CO2_ARMS:
         from distcomp.co2 import CO2
 
@@ -225,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
 
     times, losses, clock = [], [], []
     t0 = time.perf_counter()
-    heartbeat = Path(args.out) / f"{args.workload}-{args.arm}-rank{rank}.progress"
+    heartbeat = Path(args.out) / f"{args.workload}-{arm}-rank{rank}.progress"
     for step in range(max_steps):
         heartbeat.write_text(str(step))  # the parent treats a silent heartbeat as a hang
         if step == args.warmup_steps:
@@ -294,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         record["error_ratio"] = lgreco.error_ratio
         record["error_ratios"] = lgreco.plans[-1]["ratios"] if lgreco.plans else None
         record["plans"] = [{"step": p["step"], "settings": p["settings"]} for p in lgreco.plans]
-    out = Path(args.out) / f"{args.workload}-{args.arm}-rank{rank}.json"
+    out = Path(args.out) / f"{args.workload}-{arm}-rank{rank}.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     tmp.replace(out)
@@ -303,8 +317,6 @@ def main(argv: list[str] | None = None) -> None:
     # aborted, "terminate called without an active exception", ~1 run in 12 under load)
     if hasattr(state, "close"):
         state.close()
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from distcomp.planner import solve
 from distcomp.powersgd import as_matrix, matrix_shape
 
 QSGD_BITS = (2, 3, 4, 6, 8)
-ERROR_MEASURES = ("gradient", "layer_sum")
+ERROR_MEASURES = ("gradient", "layer_sum", "relative")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ class LGreCoConfig:
             is tiny next to another's costs nothing to compress harder.
         "layer_sum": the plain sum of per-layer norms, sum_l e_l: every layer's error counts
             linearly, which protects small layers but saves fewer bytes.
+        "relative": sqrt(sum_l (e_l / |g_l|)^2), each layer's error relative to its own
+            gradient norm. For optimizers that rescale every coordinate (Adam), a layer's update
+            direction is what its relative error perturbs, whatever its gradient's size: the
+            absolute measure lets the planner starve layers whose gradients are small.
     gamma, beta: PowerSGD candidate ranks are the integers in [ceil(gamma r), floor(beta r)].
     topk_span, topk_points: top-k candidates: topk_points densities log-spaced in
         [d / topk_span, d * topk_span] (capped at 1).
@@ -103,11 +107,20 @@ class LGreCoConfig:
         return cls(**{k: tuple(v) if k == "qsgd_bits" else v for k, v in d.items()})
 
 
-def total_error(errors: list[float], measure: str) -> float:
-    """Total of per-layer error norms under ``measure`` (see LGreCoConfig.error_measure)."""
-    if measure == "gradient":
+def total_error(errors: list[float], measure: str, norms: list[float] | None = None) -> float:
+    """Total of per-layer error norms under ``measure`` (see LGreCoConfig.error_measure);
+    ``norms``: the layers' gradient norms, which "relative" divides by (0: the layer counts 0)."""
+    if measure == "relative":
+        errors = relative(errors, norms or [0.0] * len(errors))
+    if measure in ("gradient", "relative"):
         return math.sqrt(sum(e * e for e in errors))
     return sum(errors)
+
+
+def relative(errors: list[float], norm: float | list[float]) -> list[float]:
+    """Errors over a gradient norm (one per error, or one for all); 0 where the norm is 0."""
+    norms = norm if isinstance(norm, list) else [norm] * len(errors)
+    return [e / n if n > 0 else 0.0 for e, n in zip(errors, norms)]
 
 
 def _check_int(name: str, value, low: int) -> None:
@@ -204,6 +217,8 @@ class LGreCo:
     table: key -> (candidate settings, rank-averaged errors, bytes) of the last measurement;
         :meth:`choose` solves against any baseline from it without measuring again (the
         Accordion schedule changes the baseline between plans).
+    norms: key -> rank-averaged norm of the windowed gradient of the last measurement (what
+        the "relative" error measure divides by).
     plans: list of {"step", "settings", "bytes", "uniform_bytes", "error", "uniform_error",
         "ratios"}, one per re-plan: totals under the configured error measure, and "ratios"
         (plan / uniform) under every measure. "rows" of the latest give the per-layer table.
@@ -216,6 +231,7 @@ class LGreCo:
         self.plans: list[dict] = []
         self.rows: list[dict] = []
         self.table: dict[str, tuple[list[float], list[float], list[int]]] = {}
+        self.norms: dict[str, float] = {}
 
     def plan_steps_due(self, step: int) -> bool:
         c = self.config
@@ -260,8 +276,10 @@ class LGreCo:
         for k, cs in zip(keys, cands):
             g = self.acc.get(k)
             local += self._errors(g, self.layers[k], cs)
+        local += [float(self.acc[k].norm()) if k in self.acc else 0.0 for k in keys]
         errors_flat = all_reduce_mean(torch.tensor(local, dtype=torch.float64)).tolist()
         self.acc.clear()
+        self.norms = dict(zip(keys, errors_flat[len(errors_flat) - len(keys):]))
         self.table, pos = {}, 0
         for k, cs in zip(keys, cands):
             shape = self.layers[k]
@@ -293,10 +311,14 @@ class LGreCo:
         cands = [self.table[k][0] for k in keys]
         errors = [self.table[k][1] for k in keys]
         bytes_ = [self.table[k][2] for k in keys]
+        norms = [self.norms.get(k, 0.0) for k in keys]
         uni = [cs.index(base.get(k, self.uniform)) for k, cs in zip(keys, cands)]
         u_bytes = sum(b[i] for b, i in zip(bytes_, uni))
-        power = 2 if self.config.error_measure == "gradient" else 1
-        costs = [[x**power for x in e] for e in errors]
+        measure = self.config.error_measure
+        power = 1 if measure == "layer_sum" else 2
+        scaled = [relative(e, n) for e, n in zip(errors, norms)] if measure == "relative" \
+            else errors
+        costs = [[x**power for x in e] for e in scaled]
         budget = self.config.alpha**power * sum(c[i] for c, i in zip(costs, uni))
         result = solve(bytes_, costs, budget, self.config.bins)
         if result is None or result.total_bytes > u_bytes:
@@ -307,11 +329,11 @@ class LGreCo:
         self.rows = [
             {"name": k, "shape": list(self.layers[k]), "setting": cs[c],
              "bytes": b[c], "error": e[c], "uniform_setting": cs[u], "uniform_bytes": b[u],
-             "uniform_error": e[u]}
-            for k, cs, c, b, e, u in zip(keys, cands, choice, bytes_, errors, uni)
+             "uniform_error": e[u], "grad_norm": n}
+            for k, cs, c, b, e, u, n in zip(keys, cands, choice, bytes_, errors, uni, norms)
         ]
-        totals = {m: (total_error([r["error"] for r in self.rows], m),
-                      total_error([r["uniform_error"] for r in self.rows], m))
+        totals = {m: (total_error([r["error"] for r in self.rows], m, norms),
+                      total_error([r["uniform_error"] for r in self.rows], m, norms))
                   for m in ERROR_MEASURES}
         error, u_error = totals[self.config.error_measure]
         self.plans.append({
@@ -337,6 +359,7 @@ class LGreCo:
             "plans": list(self.plans),
             "rows": list(self.rows),
             "table": {k: [list(c) for c in v] for k, v in self.table.items()},
+            "norms": dict(self.norms),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -348,3 +371,4 @@ class LGreCo:
         self.plans = list(state["plans"])
         self.rows = list(state["rows"])
         self.table = {k: tuple(list(c) for c in v) for k, v in state.get("table", {}).items()}
+        self.norms = dict(state.get("norms", {}))

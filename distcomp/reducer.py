@@ -139,11 +139,16 @@ class CompressedReducer:
         warmup = step < self.config.warmup_steps
         for k, g in zip(keys, grads):
             self.ledger.record_dense(step, k, g.numel() * g.element_size())
-            if (self.accordion is not None or warmup) and self.eligible(g.shape):
-                if self.accordion is not None:
-                    self.accordion.observe(k, g)
-                if warmup and self.lgreco is not None and bool(torch.isfinite(g).all()):
-                    self.lgreco.observe(k, g.detach().float(), step)  # dense: raw gradient
+            if not self.eligible(g.shape):
+                continue
+            if self.accordion is not None:
+                self.accordion.observe(k, g)
+            # L-GreCo measures every layer it may plan, also one that travels dense now (the
+            # warm-up, or a setting too gentle to compress it): never observed, its candidates
+            # would look free of error and the plan would compress it hardest (its raw gradient)
+            if self.lgreco is not None and (warmup or self.setting_for(k, g.shape, step) is None) \
+                    and bool(torch.isfinite(g).all()):
+                self.lgreco.observe(k, g.detach().float(), step)
         if warmup:
             self._dense(grads, keys, comm, step, track=True)
             return

@@ -10,6 +10,15 @@ import json
 
 import torch
 
+MOMENTUM = 0.9  # both scripts' SGD momentum
+
+
+def hook_options(comm: str) -> dict:
+    """CompressionState options for ``--comm``: a timeout on every collective, and for top-k
+    its momentum correction told the optimizer's momentum (what an SGD(momentum=m) user is told
+    to set)."""
+    return {"timeout_s": 120.0, **({"momentum": MOMENTUM} if comm == "topk" else {})}
+
 
 def parse_args(description: str, framework: str, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)

@@ -15,7 +15,7 @@ import time
 
 import torch
 from accelerate import Accelerator
-from framework_run import finish, parse_args
+from framework_run import MOMENTUM, finish, hook_options, parse_args
 
 from distcomp.hooks import CompressionState, compression_hook
 from distcomp.workloads.teacher import TeacherTask
@@ -28,14 +28,11 @@ def main(argv=None) -> int:
     task = TeacherTask(seed=0)
     torch.manual_seed(0)
     model = task.model()
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=MOMENTUM)
     model, opt = accelerator.prepare(model, opt)
     state = None
     if args.comm != "none":
-        options = {"timeout_s": 120.0}
-        if args.comm == "topk":
-            options["momentum"] = 0.9  # top-k's momentum correction, told the SGD momentum
-        state = CompressionState(model, args.comm, **options)  # distcomp
+        state = CompressionState(model, args.comm, **hook_options(args.comm))  # distcomp
         model.register_comm_hook(state, compression_hook)  # distcomp
     losses = []
     start = time.perf_counter()

@@ -19,7 +19,7 @@ import time
 
 import lightning.pytorch as pl
 import torch
-from framework_run import finish, parse_args
+from framework_run import MOMENTUM, finish, hook_options, parse_args
 from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -50,7 +50,7 @@ class TeacherModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=MOMENTUM)
 
 
 class Batches(torch.utils.data.IterableDataset):
@@ -70,10 +70,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     module = TeacherModule(task, args.lr)
     state = None
-    options = {"timeout_s": 120.0}
     if args.comm != "none":
         # distcomp: built before the process group exists; binds on the first hook call
-        state = CompressionState(module, args.comm, **options)
+        state = CompressionState(module, args.comm, **hook_options(args.comm))
     cls = DDPStrategy if torch.cuda.is_available() else CPUHookDDPStrategy
     strategy = cls(process_group_backend="gloo", ddp_comm_state=state,  # distcomp: as torch's
                    ddp_comm_hook=compression_hook if state is not None else None)

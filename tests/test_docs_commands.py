@@ -4,19 +4,14 @@
   are listed in ``TINY``: each either runs here, as written plus flags that shrink it, or names
   the test that runs it (a launcher this test cannot start itself: mpirun, sbatch, two nodes).
   A README command missing from ``TINY`` fails the first test.
-- ``make bench``'s commands (BENCHMARKS.md's): every measurement command's arguments are
-  validated by its benchmark's own parser (arm and workload names, flags), and every table
-  generator runs for real on a copy of BENCHMARKS.md, which must come out unchanged: the
-  tables are what the committed JSON says, never edited by hand.
+- ``make bench``'s commands (BENCHMARKS.md's): tests/test_bench_commands.py.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -165,51 +160,3 @@ def test_readme_data_commands_run_in_order_on_tiny_data(tmp_path):
         assert proc.returncode == 0, (cmd, proc.stdout[-2000:], proc.stderr[-2000:])
     assert datasets.load_from_disk(str(tmp_path / "p")).num_rows == 45
     assert "evaluation" in (tmp_path / "dk" / "manifest.json").read_text()
-
-
-# -- make bench: BENCHMARKS.md's commands --------------------------------------------------------
-def bench_commands() -> list[list[str]]:
-    """``make -n bench``'s python commands, as argv after ``python``."""
-    out = subprocess.run(["make", "-n", "--no-print-directory", "bench"], cwd=REPO, env=ENV,
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    cmds = []
-    for line in out.replace("\\\n", " ").splitlines():
-        argv = shlex.split(line)
-        while argv and "=" in argv[0] and not argv[0].startswith("-"):
-            argv = argv[1:]  # OMP_NUM_THREADS=1 ... env prefix
-        if argv and argv[0].endswith("python") and argv[1] == "-m":
-            cmds.append(argv[1:])
-    return cmds
-
-
-def test_bench_measurement_commands_parse():
-    """Every measurement in ``make bench`` names arms, workloads and flags its benchmark
-    accepts (a typo in an arm list fails here, not an hour into ``make bench``)."""
-    checked = 0
-    for argv in bench_commands():
-        if "--readme" in argv:
-            continue
-        module = importlib.import_module(argv[1])
-        if hasattr(module, "parse_args"):
-            module.parse_args(argv[2:])  # SystemExit on a bad argument fails the test
-            checked += 1
-        else:  # no parser of its own to call: its --help must still list every flag given
-            help_text = subprocess.run([sys.executable, *argv[:2], "--help"], cwd=REPO,
-                                       env=ENV, capture_output=True, text=True,
-                                       timeout=120).stdout
-            for flag in (a.split("=")[0] for a in argv[2:] if a.startswith("--")):
-                assert flag in help_text, (argv, flag)
-    assert checked >= 10
-
-
-def test_benchmarks_md_tables_regenerate_unchanged_from_the_committed_json(tmp_path):
-    copy = tmp_path / "BENCHMARKS.md"
-    shutil.copy(REPO / "BENCHMARKS.md", copy)
-    generators = [a for a in bench_commands() if "--readme" in a]
-    assert len(generators) >= 8
-    for argv in generators:
-        argv = [str(copy) if a == "BENCHMARKS.md" else a for a in argv]
-        proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=ENV, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
-    assert copy.read_text() == (REPO / "BENCHMARKS.md").read_text()

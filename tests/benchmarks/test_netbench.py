@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import netbench
+from benchmarks import netbench, netbench_launch
 from benchmarks.netns import NetnsError, TwoHosts, list_namespaces, ours
 
 pytestmark = pytest.mark.skipif(
@@ -147,14 +147,14 @@ def test_a_crashing_arm_is_recorded_not_hidden(tmp_path):
 
 def test_a_host_that_dies_is_not_waited_on_for_the_full_timeout(tmp_path, monkeypatch):
     """One host exits non-zero while the other would wait on it (a collective, or torchrun's
-    exit barrier): the arm ends PEER_GRACE_S later, not after the stall or arm timeout."""
-    monkeypatch.setattr(netbench, "PEER_GRACE_S", 1.0)
+    exit barrier): the launch ends PEER_GRACE_S later, not after the stall or arm timeout."""
+    monkeypatch.setattr(netbench_launch, "PEER_GRACE_S", 1.0)
     procs = {"a": subprocess.Popen(["sleep", "60"]),
              "b": subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])}
     args = SimpleNamespace(arm_timeout=60.0, stall_timeout=60.0)
     start = time.monotonic()
     try:
-        why = netbench.watch(procs, tmp_path, "none-*.progress", args)
+        why = netbench_launch.watch(procs, tmp_path, "none-*.progress", args)
     finally:
         procs["a"].kill()
         procs["a"].wait()
@@ -165,22 +165,48 @@ def test_a_host_that_dies_is_not_waited_on_for_the_full_timeout(tmp_path, monkey
 def test_a_native_abort_is_run_once_more_and_kept_in_the_record(monkeypatch):
     calls = []
 
-    def attempt(net, args, workload, arm, index, out_dir, target):
-        calls.append(index)
-        if len(calls) == 1:
-            return {"arm": arm, "status": "error", "error": "[b] terminate called without an "
-                    "active exception"}
-        return {"arm": arm, "status": "ok", "error": None}
+    def attempt(net, args, workload, arms, index, out_dir, target):
+        calls.append((arms, index))
+        if len(calls) == 1:  # allreduce died in gloo's teardown, local finished first
+            return [{"arm": "local", "status": "ok", "error": None},
+                    {"arm": "allreduce", "status": "error",
+                     "error": "[b] terminate called without an active exception"}]
+        return [{"arm": a, "status": "ok", "error": None} for a in arms]
 
-    monkeypatch.setattr(netbench, "attempt_arm", attempt)
-    rec = netbench.run_arm(None, None, "cnn", "allreduce", 3, Path("."), None)
-    assert calls == [3, 3 + netbench.RETRY_PORT_OFFSET]
-    assert rec["status"] == "ok" and "terminate called" in rec["first_attempt_error"]
+    monkeypatch.setattr(netbench, "attempt_arms", attempt)
+    recs = netbench.run_arms(None, None, "cnn", ["local", "allreduce"], 3, Path("."), None)
+    assert calls == [(["local", "allreduce"], 3), (["allreduce"], 3 + netbench.RETRY_PORT_OFFSET)]
+    assert [r["status"] for r in recs] == ["ok", "ok"]
+    assert "first_attempt_error" not in recs[0]
+    assert "terminate called" in recs[1]["first_attempt_error"]
     calls.clear()
-    monkeypatch.setattr(netbench, "attempt_arm", lambda *a: calls.append(1) or
-                        {"status": "error", "error": "exit codes {'a': 1}: ValueError"})
-    assert netbench.run_arm(None, None, "cnn", "powersgd", 0, Path("."), None)["status"] == "error"
-    assert calls == [1]  # a Python error is the arm's own: not retried
+    monkeypatch.setattr(netbench, "attempt_arms", lambda *a: calls.append(1) or
+                        [{"arm": "powersgd", "status": "error",
+                          "error": "exit codes {'a': 1}: ValueError"}])
+    (rec,) = netbench.run_arms(None, None, "cnn", ["powersgd"], 0, Path("."), None)
+    assert rec["status"] == "error" and calls == [1]  # a Python error is the arm's own
+
+
+def test_smoke_runs_every_arm_of_a_workload_in_one_launch(tmp_path):
+    """``--smoke`` (how CI runs ``make bench``'s netbench lines): a 1-step dense warm-up, so
+    the compressed paths run, L-GreCo plans and CO2 averages within the few steps."""
+    out = tmp_path / "nb.json"
+    arms = "allreduce,torch_powersgd,powersgd_fixed,lgreco_topk@0.01,co2_qsgd"
+    assert netbench.main(["--smoke", "--workloads", "cnn", "--arms", arms, "--json", str(out),
+                          "--data", str(REPO / "bench-results" / "data")]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["config"]["smoke"] and payload["config"]["bandwidth"] is None
+    recs = {r["arm"]: r for r in payload["results"]}
+    assert list(recs) == arms.split(",")
+    for r in recs.values():
+        assert r["status"] == "ok", json.dumps(r, indent=1)
+        assert r["steps_run"] == 3 and r["timed_steps"] == 2
+    dense = recs["allreduce"]["ledger_bytes_per_step"]
+    assert recs["lgreco_topk@0.01"]["ledger_bytes_per_step"] < dense / 10  # it compressed
+    # torch's least warm-up is 2 dense steps, which the fixed arm shares: one timed step of two
+    assert recs["powersgd_fixed"]["ledger_bytes_per_step"] < 0.75 * dense
+    assert payload["plans"]["cnn/lgreco_topk@0.01"]  # and L-GreCo planned
+    assert mine() == []
 
 
 def test_sigterm_tears_the_namespaces_down(tmp_path):

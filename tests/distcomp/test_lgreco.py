@@ -104,29 +104,44 @@ def test_large_matrices_use_the_randomized_tail_accurately():
         assert math.isclose(e, float(s2[r:].sum().sqrt()), rel_tol=1e-3)
 
 
-def _plan_once(measure: str, alpha: float = 1.0) -> LGreCo:
-    """Plan PowerSGD ranks (uniform 4) for three layers whose spectra decay very differently."""
+def _plan_once(measure: str, alpha: float = 1.0, scale0: float = 3.0) -> LGreCo:
+    """Plan PowerSGD ranks (uniform 4) for three layers whose spectra decay very differently
+    (layer0's gradient ``scale0`` times the others')."""
     lg = LGreCo(LGreCoConfig(warmup_steps=1, window=1, error_measure=measure, alpha=alpha),
                 get_compressor("powersgd"), 4, 1.0)
     for i, decay in enumerate((0.3, 1.0, 3.0)):
-        spectrum = torch.logspace(0, -decay, 24) * (3.0 if i == 0 else 1.0)
+        spectrum = torch.logspace(0, -decay, 24) * (scale0 if i == 0 else 1.0)
         g = randn(96, 24, seed=i) @ torch.diag(spectrum) @ torch.linalg.qr(randn(24, 24))[0]
         lg.observe(f"layer{i}", g, step=0)
     lg.plan(1, lambda t: t)
     return lg
 
 
-@pytest.mark.parametrize("measure", ["gradient", "layer_sum"])
+@pytest.mark.parametrize("measure", ["gradient", "layer_sum", "relative"])
 @pytest.mark.parametrize("alpha", [1.0, 1.5])
 def test_plan_meets_its_budget_under_its_error_measure(measure, alpha):
     lg = _plan_once(measure, alpha)
     plan = lg.plans[-1]
-    assert plan["bytes"] < plan["uniform_bytes"]
+    assert plan["bytes"] <= plan["uniform_bytes"]
+    assert plan["bytes"] < plan["uniform_bytes"] or alpha == 1.0  # a looser budget saves
     assert plan["ratios"][measure] <= alpha * (1 + 1e-9)
     assert lg.error_ratio == pytest.approx(plan["ratios"][measure])
     errors = [r["error"] for r in lg.rows]
-    expected = math.sqrt(sum(e * e for e in errors)) if measure == "gradient" else sum(errors)
+    if measure == "relative":
+        errors = [e / r["grad_norm"] for e, r in zip(errors, lg.rows)]
+    expected = sum(errors) if measure == "layer_sum" else math.sqrt(sum(e * e for e in errors))
     assert plan["error"] == pytest.approx(expected)
+
+
+def test_relative_measure_plans_by_each_layers_own_scale():
+    """Adam's case: a layer whose gradient is 100x smaller keeps its rank under "relative";
+    the whole-gradient measure takes rank from it, since its absolute tail is negligible."""
+    def settings(measure, scale0):
+        return _plan_once(measure, scale0=scale0).plans[-1]["settings"]
+
+    assert settings("relative", 1.0) == settings("relative", 100.0)
+    assert settings("gradient", 100.0) != settings("gradient", 1.0)
+    assert settings("gradient", 100.0)["layer1"] < settings("relative", 100.0)["layer1"]
 
 
 def test_gradient_measure_moves_rank_to_the_layer_that_dominates_the_error():

@@ -117,6 +117,33 @@ def _after_dense_warmup(rank, world):
     return [p["step"] for p in lg.plans], dict(state.reducer.settings)
 
 
+def _dense_layers(rank, world):
+    # rank 8, and Accordion's first interval is critical: every layer gets the gentle rank 32,
+    # at which Linear(32, 256) would not shrink, so it travels dense while being plannable
+    torch.manual_seed(0)
+    model = DDP(_model(), bucket_cap_mb=0.1)
+    state = LGreCoState(model, "powersgd", lgreco=PLAN, rank=8, warmup_steps=0,
+                        accordion_interval=100)
+    model.register_comm_hook(state, lgreco_hook)
+    _steps(model, torch.optim.SGD(model.parameters(), lr=0.05), rank, 0, 4)
+    red = state.reducer
+    gentle = red.accordion.gentle
+    dense = {n for n, p in model.module.named_parameters() if red.eligible(p.shape) and
+             not red.compressor.compresses(p.shape, gentle, red.config.min_compression_rate)}
+    return dense, {k: list(zip(cs, errs, nbytes)) for k, (cs, errs, nbytes)
+                   in red.lgreco.table.items()}
+
+
+def test_a_layer_that_travels_dense_is_measured_not_taken_as_free():
+    """Its compressing candidates carry their measured error (random gradients are full rank),
+    so the plan pays for compressing it like any other layer (it once saw error 0 there)."""
+    dense, table = run_ranks(_dense_layers, timeout_s=240)[0]
+    assert "0.weight" in dense and dense <= set(table)
+    for key, rows in table.items():
+        full = max(nbytes for _, _, nbytes in rows)
+        assert all(err > 0 for _, err, nbytes in rows if nbytes < full), (key, rows)
+
+
 def test_a_plan_due_inside_the_dense_warmup_comes_when_it_ends():
     """L-GreCo's first plan (step 3) falls in 6 dense steps: it is made at step 6, from the
     raw gradients of steps 4-5, and the schedule continues from there."""
