@@ -117,6 +117,8 @@ bench: venv sysdeps
 	  --json $(RESULTS)/netbench-frontier.json --arms $(FRONTIER_ARMS)
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --arms allreduce,qsgd,qsgd_fixed \
 	  --json $(RESULTS)/netbench-qsgd.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm,resnet,cnn \
+	  --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd@16 --json $(RESULTS)/netbench-lgreco.json
 	$(RUN) $(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json
 	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet,cnn --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,torch fp16 (noise floor),powersgd' --json $(RESULTS)/defaults-seeds.json
