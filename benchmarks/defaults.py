@@ -2,7 +2,7 @@
 one default switched off at a time, paired with plain DDP on the same seeds.
 
     python -m benchmarks.defaults [--quick] [--workloads resnet,cnn,lm] [--seeds 0,1]
-        [--arms NAME,...] [--json PATH] [--readme README.md]
+        [--arms NAME[@SETTING],...] [--json PATH] [--readme README.md]
 
 Loss at equal steps does not depend on the link, so the ranks run on the loopback (2 gloo
 ranks, one thread each), far faster than ``benchmarks.netbench``; bytes are the ledger's
@@ -28,7 +28,7 @@ import torch
 
 from benchmarks.common import ci95, environment, free_port, replace_block, write_json
 from benchmarks.netbench import smooth_for, smoothed
-from benchmarks.netbench_worker import TORCH_HOOKS, bucket_cap_mb, register_torch_hook
+from benchmarks.netbench_worker import FAMILY_KNOB, TORCH_HOOKS, bucket_cap_mb, register_torch_hook
 from distcomp.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +72,9 @@ ARMS = {
     "lgreco powersgd relative": ("lgreco_powersgd", {"lgreco": {"error_measure": "relative"}}),
     "lgreco powersgd relative rank 16": ("lgreco_powersgd",
                                          {"rank": 16, "lgreco": {"error_measure": "relative"}}),
+    # the other families under the planner, for budget sweeps over seeds (NAME@SETTING)
+    "lgreco topk": ("lgreco_topk", {}),
+    "lgreco qsgd": ("lgreco_qsgd", {}),
     # torch's powerSGD_hook at our rank and dense warm-up, one bucket (its several-bucket race
     # aborts gloo, see netbench_worker.bucket_cap_mb): the anchor for "powersgd no accordion"
     "torch powersgd (rank 8 warm-up 10)": ("torch_powersgd", {}),
@@ -87,8 +90,35 @@ ARMS = {
 # named only, not in "all": candidates for a default, and torch's hook as an anchor
 NAMED_ONLY = {"powersgd rank 16", "powersgd accordion threshold 0.2", "lgreco powersgd",
               "lgreco powersgd rank 16", "lgreco powersgd relative",
-              "lgreco powersgd relative rank 16",
+              "lgreco powersgd relative rank 16", "lgreco topk", "lgreco qsgd",
               "torch powersgd (rank 8 warm-up 10)"}
+
+
+def arm_spec(arm: str) -> tuple[str | None, dict]:
+    """An arm's (method, hook options). ``NAME@SETTING`` is arm NAME with its family's knob
+    (rank, density or bits) at SETTING, everything else as NAME has it, so budget sweeps
+    (``powersgd@2``, ``lgreco topk@0.003``) are measured over seeds like any arm; ValueError
+    for an unknown name or a setting that is not a number."""
+    name, at, setting = arm.partition("@")
+    if name not in ARMS:
+        raise ValueError(f"unknown arm {name!r}")
+    method, options = ARMS[name]
+    if not at:
+        return method, options
+    knob = FAMILY_KNOB.get((method or "").removeprefix("lgreco_"))
+    if knob is None:
+        raise ValueError(f"arm {name!r} has no compression setting to give with @")
+    try:
+        value = float(setting)
+    except ValueError:
+        raise ValueError(f"arm {arm!r}: the setting after @ must be a number") from None
+    if knob != "density":
+        if not value.is_integer() or value < 1:
+            raise ValueError(f"arm {arm!r}: {knob} must be a whole number >= 1")
+        value = int(value)
+    elif not 0 < value <= 1:
+        raise ValueError(f"arm {arm!r}: density must be in (0, 1]")
+    return method, {**options, knob: value}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workloads", default="resnet,cnn,lm")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (paired across arms)")
     p.add_argument("--arms", default="all",
-                   help=f"comma list from: {', '.join(ARMS)}; 'all' (the default): all but "
+                   help=f"comma list from: {', '.join(ARMS)}, each optionally NAME@SETTING "
+                        "(its rank, density or bits); 'all' (the default): all but "
                         f"{', '.join(sorted(NAMED_ONLY))}")
     p.add_argument("--lm-arms", default="allreduce,torch fp16 (noise floor),powersgd,"
                    "powersgd no warm-up,powersgd no accordion,powersgd before (#24),topk,qsgd",
@@ -115,11 +146,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.arms = ([a for a in ARMS if a not in NAMED_ONLY] if args.arms == "all"
                  else args.arms.split(","))
     args.lm_arms = args.lm_arms.split(",")
-    bad = [a for a in args.arms + args.lm_arms if a not in ARMS]
-    bad += [w for w in args.workloads if w not in WORKLOADS]
+    bad = [w for w in args.workloads if w not in WORKLOADS]
     if bad:
-        p.error(f"unknown arms/workloads {bad}; arms: {list(ARMS)}, workloads: "
-                f"{sorted(WORKLOADS)}")
+        p.error(f"unknown workloads {bad}; workloads: {sorted(WORKLOADS)}")
+    for arm in args.arms + args.lm_arms:
+        try:
+            arm_spec(arm)
+        except ValueError as e:
+            p.error(f"{e}; arms: {list(ARMS)}, each optionally NAME@SETTING")
     if "allreduce" not in args.arms:
         args.arms.insert(0, "allreduce")  # every ratio is to it
     return args
@@ -151,7 +185,7 @@ def _train(rank: int, spec: dict) -> dict:
 
     workload = WORKLOADS[spec["workload"]](spec["data"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])
-    method, options = ARMS[spec["arm"]]
+    method, options = arm_spec(spec["arm"])
     net = workload.model()
     model = DDP(net, bucket_cap_mb=bucket_cap_mb(
         "torch_powersgd" if method == "torch_powersgd" else "allreduce", net, ddp_buckets=False))
@@ -164,7 +198,7 @@ def _train(rank: int, spec: dict) -> dict:
         if spec.get("smoke"):
             options = {"warmup_steps": 1, **options}
 
-        if method == "topk":
+        if method.removeprefix("lgreco_") == "topk":
             options = {"momentum": getattr(workload, "momentum", 0.0), **options}
         if method.startswith("lgreco_"):
             state = LGreCoState(model, method.removeprefix("lgreco_"), **options)

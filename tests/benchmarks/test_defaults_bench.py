@@ -48,3 +48,21 @@ def test_three_seeds_and_up_carry_a_95_percent_interval():
     lines = defaults.table(payload, "d.json").splitlines()
     assert "| resnet | powersgd | **1.050** (± 0.124; 1.000, 1.050, 1.100) |" in lines[-2]
     assert "| resnet | two | **1.050** (1.000, 1.100) |" in lines[-1]  # two seeds: no interval
+
+
+def test_setting_arms_sweep_a_budget_over_seeds(tmp_path):
+    """``NAME@SETTING``: the arm NAME with its family's knob at SETTING, for frontiers measured
+    over seeds; nonsense is refused before any process starts."""
+    assert defaults.arm_spec("lgreco topk@0.003") == ("lgreco_topk", {"density": 0.003})
+    assert defaults.arm_spec("powersgd no accordion@2") == ("powersgd",
+                                                            {"accordion": False, "rank": 2})
+    assert defaults.arm_spec("lgreco qsgd@4.0") == ("lgreco_qsgd", {"bits": 4})
+    for bad in ("allreduce@4", "torch fp16 (noise floor)@2", "powersgd@x", "powersgd@2.5",
+                "topk@2", "nope@2"):
+        with pytest.raises(SystemExit):
+            defaults.parse_args(["--arms", bad])
+    out = tmp_path / "d.json"
+    assert defaults.main(["--quick", "--workloads", "cnn", "--seeds", "0",
+                          "--arms", "powersgd@2,powersgd@16", "--json", str(out)]) == 0
+    rows = {r["arm"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["powersgd@2"]["bytes_per_step"] < rows["powersgd@16"]["bytes_per_step"]
