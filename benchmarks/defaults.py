@@ -28,7 +28,13 @@ import torch
 
 from benchmarks.common import ci95, environment, free_port, replace_block, write_json
 from benchmarks.netbench import smooth_for, smoothed
-from benchmarks.netbench_worker import FAMILY_KNOB, TORCH_HOOKS, bucket_cap_mb, register_torch_hook
+from benchmarks.netbench_worker import (
+    FAMILY_KNOB,
+    TORCH_HOOKS,
+    bucket_cap_mb,
+    register_torch_hook,
+    setting_value,
+)
 from distcomp.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,19 +112,7 @@ def arm_spec(arm: str) -> tuple[str | None, dict]:
     if not at:
         return method, options
     knob = FAMILY_KNOB.get((method or "").removeprefix("lgreco_"))
-    if knob is None:
-        raise ValueError(f"arm {name!r} has no compression setting to give with @")
-    try:
-        value = float(setting)
-    except ValueError:
-        raise ValueError(f"arm {arm!r}: the setting after @ must be a number") from None
-    if knob != "density":
-        if not value.is_integer() or value < 1:
-            raise ValueError(f"arm {arm!r}: {knob} must be a whole number >= 1")
-        value = int(value)
-    elif not 0 < value <= 1:
-        raise ValueError(f"arm {arm!r}: density must be in (0, 1]")
-    return method, {**options, knob: value}
+    return method, {**options, knob: setting_value(arm, knob, setting)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

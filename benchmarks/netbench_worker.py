@@ -51,18 +51,30 @@ FAMILY_KNOB = {"powersgd": "rank", "topk": "density", "qsgd": "bits"}
 def split_arm(arm: str) -> tuple[str, float | None]:
     """"lgreco_topk@0.003" -> ("lgreco_topk", 0.003): an arm at another setting of its
     family's knob (rank, density or bits), for budget sweeps; ValueError for what is not."""
-    name, _, setting = arm.partition("@")
+    name, at, setting = arm.partition("@")
     if name not in ARMS:
         raise ValueError(f"unknown arm {name!r}; choose from {ARMS}")
-    if not setting:
+    if not at:
         return name, None
-    if family(name) is None:
-        raise ValueError(f"arm {name!r} has no compression setting to give with @")
+    return name, setting_value(arm, FAMILY_KNOB.get(family(name) or ""), setting)
+
+
+def setting_value(arm: str, knob: str | None, setting: str) -> float:
+    """The number after ``@`` in ``arm``, checked for ``knob``: a rank or bit width is a whole
+    number >= 1 (returned as int), a density lies in (0, 1]; ValueError naming the arm else."""
+    if knob is None:
+        raise ValueError(f"arm {arm!r} has no compression setting to give with @")
     try:
         value = float(setting)
     except ValueError:
         raise ValueError(f"arm {arm!r}: the setting after @ must be a number") from None
-    return name, int(value) if value.is_integer() and family(name) != "topk" else value
+    if knob == "density":
+        if not 0 < value <= 1:
+            raise ValueError(f"arm {arm!r}: density must be in (0, 1]")
+        return value
+    if not value.is_integer() or value < 1:
+        raise ValueError(f"arm {arm!r}: {knob} must be a whole number >= 1")
+    return int(value)
 
 
 def family(name: str) -> str | None:
