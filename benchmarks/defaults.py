@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import ci95, environment, free_port, replace_block, write_json
+from benchmarks.defaults_frontier import frontier_rows, frontier_table
+from benchmarks.defaults_frontier import plot as plot_frontier
 from benchmarks.netbench import smooth_for, smoothed
 from benchmarks.netbench_worker import (
     FAMILY_KNOB,
@@ -289,6 +291,10 @@ def table(payload: dict, json_path: str) -> str:
         ratio = "" if r["dense_over_sent"] is None else f"{r['dense_over_sent']:.1f}"
         lines.append(f"| {r['workload']} | {r['arm']} | **{r['loss_over_allreduce']:.3f}** "
                      f"({per}) | {mb} | {ratio} |")
+    if payload.get("frontier"):
+        lines += ["", f"L-GreCo against uniform at each budget, paired by seed (plot: "
+                  f"`{Path(json_path).with_suffix('.png')}`):", "",
+                  frontier_table(payload["frontier"])]
     return "\n".join(lines) + "\n"
 
 
@@ -319,7 +325,10 @@ def main(argv=None) -> int:
         "smoke": args.smoke,
         "command": "python -m benchmarks.defaults " + shlex.join(argv or sys.argv[1:]),
         "env": environment()}, "runs": runs, "rows": summarise(runs)}
+    payload["frontier"] = frontier_rows(runs)
     write_json(args.json, payload)
+    if payload["frontier"]:
+        plot_frontier(payload["frontier"], str(Path(args.json).with_suffix(".png")))
     print("defaults: " + ", ".join(f"{r['workload']}/{r['arm']} {r['loss_over_allreduce']:.3f}x"
                                    for r in payload["rows"]) + f" -> {args.json}")
     return 0

@@ -76,7 +76,7 @@ def plot(payload: dict, path: str) -> None:
                 ax.legend(fontsize=7)
         row[0].set_title(f"{w}: bandwidth {payload['config']['bandwidth'] or 'unshaped'}")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     if payload.get("plans"):
         plot_plans(payload, str(Path(path).with_name(Path(path).stem + "-plans.png")))
     plot_frontier(payload, str(Path(path).with_name(Path(path).stem + "-frontier.png")))
@@ -122,7 +122,7 @@ def plot_frontier(payload: dict, path: str) -> None:
             if ax.lines:
                 ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def frontier_points(payload: dict) -> dict:
@@ -148,7 +148,9 @@ def frontier_points(payload: dict) -> dict:
     return out
 
 
-def _save(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
+    """Write ``fig`` as PNG through a temporary file, so an interrupted run never leaves a
+    half-written plot in place of the last good one."""
     import matplotlib.pyplot as plt
 
     tmp = f"{path}.tmp.png"
@@ -174,7 +176,7 @@ def plot_plans(payload: dict, path: str) -> None:
         ax.set_title(name, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def loss_of(r: dict | None) -> float | None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import defaults
+from benchmarks import defaults, defaults_frontier
 
 
 def test_quick_run_pairs_every_arm_with_allreduce_and_renders(tmp_path):
@@ -63,6 +63,43 @@ def test_setting_arms_sweep_a_budget_over_seeds(tmp_path):
             defaults.parse_args(["--arms", bad])
     out = tmp_path / "d.json"
     assert defaults.main(["--quick", "--workloads", "cnn", "--seeds", "0",
-                          "--arms", "powersgd@2,powersgd@16", "--json", str(out)]) == 0
-    rows = {r["arm"]: r for r in json.loads(out.read_text())["rows"]}
+                          "--arms", "powersgd@2,powersgd@16,lgreco powersgd@2",
+                          "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    rows = {r["arm"]: r for r in payload["rows"]}
     assert rows["powersgd@2"]["bytes_per_step"] < rows["powersgd@16"]["bytes_per_step"]
+    # the budget both sides ran is paired into a frontier row, plotted beside the JSON
+    (row,) = payload["frontier"]
+    assert (row["family"], row["budget"], row["seeds"]) == ("powersgd", 2.0, [0])
+    assert (tmp_path / "d.png").stat().st_size > 0
+    assert "| cnn | powersgd | 2 |" in defaults.table(payload, "d.json")
+
+
+def _runs(losses: dict[str, list[float]], sent: dict[str, float]) -> list[dict]:
+    return [{"workload": "resnet", "arm": arm, "seed": seed, "loss": loss,
+             "bytes_per_step": sent.get(arm)}
+            for arm, per_seed in losses.items() for seed, loss in enumerate(per_seed)]
+
+
+def test_frontier_pairs_by_seed_and_calls_only_a_resolved_lead():
+    """Seed-to-seed spread is larger than the gap between the sides, so L-GreCo is judged by
+    its per-seed ratio to the uniform arm of the same budget and seed, and dominates only
+    with fewer bytes and a loss whose interval does not lie above the uniform one's."""
+    base = {"allreduce": [1.0, 2.0, 3.0]}
+    lower = defaults_frontier.frontier_rows(_runs(
+        {**base, "topk@0.01": [1.2, 2.4, 3.6], "lgreco topk@0.01": [1.1, 2.2, 3.3]},
+        {"topk@0.01": 100.0, "lgreco topk@0.01": 60.0}))
+    (row,) = lower
+    assert row["paired"] == pytest.approx([1.1 / 1.2] * 3) and row["paired_ci95"] < 1e-9
+    assert row["uniform"]["loss_over_allreduce"] == pytest.approx(1.2)
+    assert defaults_frontier.verdict(row) == "40% fewer bytes, lower loss: dominates"
+    noisy = defaults_frontier.frontier_rows(_runs(
+        {**base, "powersgd@4": [1.1, 2.2, 3.3], "lgreco powersgd@4": [1.2, 2.0, 3.4]},
+        {"powersgd@4": 100.0, "lgreco powersgd@4": 90.0}))
+    assert defaults_frontier.verdict(noisy[0]) == "10% fewer bytes, loss level: dominates"
+    worse = defaults_frontier.frontier_rows(_runs(
+        {**base, "powersgd@4": [1.1, 2.2, 3.3], "lgreco powersgd@4": [1.2, 2.45, 3.6]},
+        {"powersgd@4": 100.0, "lgreco powersgd@4": 90.0}))
+    assert defaults_frontier.verdict(worse[0]).endswith("higher loss: does not dominate")
+    alone = _runs({**base, "topk@0.01": [1.2, 2.4, 3.6]}, {"topk@0.01": 1.0})
+    assert defaults_frontier.frontier_rows(alone) == []  # no adaptive side: no row
