@@ -107,6 +107,10 @@ NB_ARMS := local,allreduce,torch_fp16,torch_powersgd,powersgd,powersgd_fixed,top
 FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco_powersgd@2,lgreco_powersgd@4,$\
   lgreco_powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco_topk@0.003,lgreco_topk@0.01,$\
   lgreco_topk@0.03,qsgd@2,qsgd@4,qsgd@8,lgreco_qsgd@2,lgreco_qsgd@4,lgreco_qsgd@8
+# the same sweep for PowerSGD and top-k over three seeds on the loopback (loss only), paired
+DEFAULTS_FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco powersgd@2,$\
+  lgreco powersgd@4,lgreco powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco topk@0.003,$\
+  lgreco topk@0.01,lgreco topk@0.03
 bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.compressors --json $(RESULTS)/compressors.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm,resnet,cnn --arms $(NB_ARMS) \
@@ -131,6 +135,8 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,powersgd,lgreco powersgd,lgreco powersgd rank 16' \
 	  --json $(RESULTS)/defaults-lgreco.json
+	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet --seeds 0,1,2 \
+	  --arms '$(DEFAULTS_FRONTIER_ARMS)' --json $(RESULTS)/defaults-frontier.json
 	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
@@ -151,6 +157,7 @@ bench: venv sysdeps
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-candidates.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-torch.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-lgreco.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-frontier.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.gnnpipe_report --readme BENCHMARKS.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data_report --readme BENCHMARKS.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \

@@ -24,10 +24,12 @@ import torch.distributed as dist
 from torch import nn
 
 from distcomp.comm import TorchComm, check_same
+from distcomp.hierarchical import HierarchicalReducer, build
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
 from distcomp.options import parse_options, settings_of, trainable
 from distcomp.reducer import CompressedReducer
+from distcomp.topology import check_topology, check_topology_options, resolve
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 100  # steps between the INFO lines of bytes and ratio (rank 0, logger "distcomp")
@@ -52,6 +54,13 @@ class CompressionState:
       lgreco: an :class:`~distcomp.lgreco.LGreCoConfig` (or a dict of its fields) to re-plan
         every layer's setting adaptively with the uniform setting as the error budget; None
         (default) keeps the uniform setting. See :class:`distcomp.hooks.lgreco.LGreCoState`.
+      hierarchical: average in three stages, dense inside each node and compressed only across
+        nodes (:mod:`distcomp.hierarchical`). None (default): on where the launcher's
+        environment (or ``ranks_per_node``) shows several nodes of several ranks, off
+        otherwise and with a ``process_group`` of the user's; True insists (an error where the
+        world has one node, or one rank per node).
+      ranks_per_node: ranks on each node; None: from torchrun, SLURM or Open MPI's
+        environment (:mod:`distcomp.topology`), one per node where none says.
 
     Fields:
       config: the validated configuration.
@@ -72,9 +81,13 @@ class CompressionState:
         *,
         process_group: "dist.ProcessGroup | None" = None,
         lgreco: "LGreCoConfig | dict | None" = None,
+        hierarchical: "bool | None" = None,
+        ranks_per_node: "int | None" = None,
         **options,
     ):
         self.config, lgreco = parse_options(method, options, lgreco)
+        self._hierarchical, self._ranks_per_node = check_topology_options(
+            hierarchical, ranks_per_node, process_group)
         module = model.module if hasattr(model, "module") else model
         named = trainable(module)
         self._settings = settings_of(self.config, lgreco, named)
@@ -83,6 +96,8 @@ class CompressionState:
         self._dense_bytes = {name: p.numel() * p.element_size() for name, p in named}
         self.process_group = process_group
         self.step = 0
+        self.hier: HierarchicalReducer | None = None
+        self._hier_groups: list = []
         self._comm = self._executor = None
         self._owns_group = self._closed = False
         if dist.is_initialized():
@@ -116,9 +131,23 @@ class CompressionState:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distcomp-comm")
         try:
             check_same(self._comm, "CompressionState", self._settings)
+            self._bind_topology()
         except BaseException:
             self.close()
             raise
+
+    def _bind_topology(self) -> None:
+        """Agree on the cluster shape (the same error on every rank where ranks disagree) and,
+        where it is layered and wanted, build the three-stage reducer over new groups."""
+        topo, local_rank = resolve(dist.get_rank(), dist.get_world_size(), self._ranks_per_node)
+        want = self._hierarchical if self._hierarchical is not None else \
+            topo.layered and self._owns_group
+        check_topology(self._comm, topo, local_rank, placement=want)
+        if want and not topo.layered:
+            raise ValueError(f"hierarchical=True needs several nodes of several ranks; this "
+                             f"world is {topo.nodes} node(s) x {topo.ranks_per_node} rank(s)")
+        if want:
+            self.hier, self._hier_groups = build(self.reducer, topo, self.config.timeout_s)
 
     def close(self) -> None:
         """Finish the buckets in flight, stop the communication thread and destroy the process
@@ -130,9 +159,12 @@ class CompressionState:
         executor, self._executor, self._comm = self._executor, None, None
         if executor is not None:
             executor.shutdown(wait=True)
-        if self._owns_group and self.process_group is not None and dist.is_initialized():
-            dist.destroy_process_group(self.process_group)
-        self.process_group = None
+        if dist.is_initialized():
+            for group in self._hier_groups:
+                dist.destroy_process_group(group)
+            if self._owns_group and self.process_group is not None:
+                dist.destroy_process_group(self.process_group)
+        self.process_group, self.hier, self._hier_groups = None, None, []
 
     def __enter__(self) -> "CompressionState":
         return self
@@ -164,8 +196,13 @@ class CompressionState:
         """What compression saved so far, like torch's ``PowerSGDState.compression_stats()``:
         steps, dense bytes (what plain DDP's all-reduce would have handed over), sent bytes, per
         step and their ratio; with ``per_layer`` the same per parameter. Bytes this rank handed
-        to collectives (see :mod:`distcomp.ledger`)."""
-        return self.ledger.summary(per_key=per_layer)
+        to collectives (see :mod:`distcomp.ledger`). Hierarchical: the sent bytes are this
+        rank's share of the slow (inter-node) stage, for the layers it owns, and
+        ``"fast_link"`` holds the dense bytes of the two stages inside the node."""
+        out = self.ledger.summary(per_key=per_layer)
+        if self.hier is not None:
+            out["fast_link"] = self.hier.local_ledger.summary(per_key=per_layer)
+        return out
 
     def log_progress(self, step: int) -> None:
         """Every ``LOG_EVERY`` steps, rank 0 logs one INFO line on the ``distcomp`` logger:
@@ -198,24 +235,42 @@ class CompressionState:
             self._executor.submit(lambda: None).result()
 
     def state_dict(self) -> dict:
+        """Step and reducer state; hierarchical, the reducer holds only the layers this rank
+        owns, so every rank saves its own (as :mod:`distcomp.checkpoint` does)."""
         self.drain()
-        return {"step": self.step, "reducer": self.reducer.state_dict()}
+        return {"step": self.step, "reducer": self.reducer.state_dict(),
+                "topology": self._topology_key(),
+                **({"hierarchical": self.hier.state_dict()} if self.hier is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.drain()
+        saved = state.get("topology")
+        if self.bound and saved is not None and saved != self._topology_key():
+            raise ValueError(f"checkpoint was saved with topology {saved}, this run has "
+                             f"{self._topology_key()}: residuals are sharded by it")
         self.reducer.load_state_dict(state["reducer"])
+        if self.hier is not None and "hierarchical" in state:
+            self.hier.load_state_dict(state["hierarchical"])
         self.step = int(state["step"])
+
+    def _topology_key(self) -> dict | None:
+        """Which share of the reducer state this rank holds (None: all of it, or not bound)."""
+        if self.hier is None:
+            return None
+        t = self.hier.topology
+        return {"nodes": t.nodes, "ranks_per_node": t.ranks_per_node, "rank": t.rank}
 
     def __getstate__(self) -> dict:
         # Process groups, threads and locks cannot travel; a loaded copy must be re-attached.
         d = dict(self.__dict__)
-        for k in ("process_group", "_comm", "_executor"):
+        for k in ("process_group", "_comm", "_executor", "hier", "_hier_groups"):
             d.pop(k, None)
         return d
 
     def __setstate__(self, d: dict) -> None:
         self.__dict__.update(d)
-        self.process_group = self._comm = self._executor = None
+        self.process_group = self._comm = self._executor = self.hier = None
+        self._hier_groups = []
         self._owns_group = self._closed = False
 
 
@@ -253,7 +308,10 @@ def compression_hook(
         try:
             if ready is not None:
                 torch.cuda.current_stream(buffer.device).wait_event(ready)
-            state.reducer.reduce(grads, keys, state._comm, step)
+            if state.hier is not None:
+                state.hier.reduce(grads, keys, step)
+            else:
+                state.reducer.reduce(grads, keys, state._comm, step)
             if last:
                 state.log_progress(step)
             fut.set_result(buffer)

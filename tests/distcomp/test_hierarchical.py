@@ -1,0 +1,133 @@
+"""Topology-aware averaging on 4 real gloo ranks (2 nodes x 2): exact inside a node,
+compressed across nodes, equal to a reference computed by hand from the node means."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distcomp.hierarchical import deal
+from tests.multiproc import run_ranks
+
+SHAPES = {"a.weight": (8, 6), "a.bias": (8,), "b.weight": (5, 7), "c.weight": (12, 4)}
+
+
+def grads_of(rank: int, step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 * rank + step)
+    return {k: torch.randn(*s, generator=g) for k, s in SHAPES.items()}
+
+
+def _three_stage(rank: int, world: int, method: str, setting: float) -> dict:
+    import torch.distributed as dist
+
+    from distcomp.config import CompressionConfig
+    from distcomp.hierarchical import build
+    from distcomp.reducer import CompressedReducer
+    from distcomp.topology import Topology
+
+    knob = {"powersgd": "rank", "topk": "density"}[method]
+    config = CompressionConfig(method=method, **{knob: setting}, warmup_steps=0,
+                               accordion=False, min_compression_rate=0.0)
+    topo = Topology(rank, world, ranks_per_node=2)
+    hier, groups = build(CompressedReducer(config, rank=rank), topo, timeout_s=60)
+    out = []
+    for step in range(2):
+        grads = grads_of(rank, step)
+        tensors = list(grads.values())
+        hier.reduce(tensors, list(grads), step)
+        out.append({k: t.clone() for k, t in grads.items()})
+    owned = sorted(hier.reducer.residuals)
+    owner = dict(hier.owner)
+    slow = hier.reducer.ledger.summary()
+    local = hier.local_ledger.summary()
+    for g in groups:
+        dist.destroy_process_group(g)
+    return {"out": out, "owned": owned, "owner": owner, "slow": slow, "local": local}
+
+
+def node_means(step: int) -> list[dict[str, torch.Tensor]]:
+    per_rank = [grads_of(r, step) for r in range(4)]
+    return [{k: (per_rank[2 * n][k] + per_rank[2 * n + 1][k]) / 2 for k in SHAPES}
+            for n in range(2)]
+
+
+def powersgd_reference(rank: int) -> list[dict[str, torch.Tensor]]:
+    """Two steps of rank-r PowerSGD with error feedback between the 2 nodes, by hand."""
+    from distcomp.powersgd import PowerSGD, orthogonalize
+
+    comp, out = PowerSGD(), []
+    residual = [{k: torch.zeros(s) for k, s in SHAPES.items()} for _ in range(2)]
+    qs = {k: comp.initial_q(torch.Size(s), rank, 0, k) for k, s in SHAPES.items() if len(s) == 2}
+    for step in range(2):
+        means, result = node_means(step), {}
+        for k, s in SHAPES.items():
+            if len(s) == 1:
+                result[k] = (means[0][k] + means[1][k]) / 2
+                continue
+            ms = [means[n][k] + residual[n][k] for n in range(2)]
+            p = orthogonalize(sum(m @ qs[k] for m in ms))
+            q_local = [m.t() @ p for m in ms]
+            qs[k] = sum(q_local)
+            result[k] = p @ qs[k].t() / 2
+            for n in range(2):
+                residual[n][k] = ms[n] - p @ q_local[n].t()
+        out.append(result)
+    return out
+
+
+def topk_reference(density: float) -> list[dict[str, torch.Tensor]]:
+    from distcomp.topk import TopK
+
+    out = []
+    residual = [{k: torch.zeros(s) for k, s in SHAPES.items()} for _ in range(2)]
+    for step in range(2):
+        means, result = node_means(step), {}
+        for k, s in SHAPES.items():
+            if len(s) == 1:
+                result[k] = (means[0][k] + means[1][k]) / 2
+                continue
+            total = torch.zeros(s)
+            for n in range(2):
+                x = means[n][k] + residual[n][k]
+                kept = torch.zeros(x.numel())
+                idx = x.reshape(-1).abs().topk(TopK.k_for(x.numel(), density)).indices
+                kept[idx] = x.reshape(-1)[idx]
+                residual[n][k] = x - kept.view(s)
+                total += kept.view(s)
+            result[k] = total / 2
+        out.append(result)
+    return out
+
+
+@pytest.mark.parametrize("method,setting", [("powersgd", 2), ("topk", 0.25)])
+def test_three_stages_match_the_node_mean_reference_by_hand(method, setting):
+    results = run_ranks(_three_stage, world=4, method=method, setting=setting)
+    ref = powersgd_reference(setting) if method == "powersgd" else topk_reference(setting)
+    for rank, res in enumerate(results):
+        for step in range(2):
+            for k in SHAPES:
+                torch.testing.assert_close(res["out"][step][k], ref[step][k], rtol=1e-5,
+                                           atol=1e-5, msg=f"rank {rank} step {step} {k}")
+    # the layers are dealt between the two local ranks; each keeps state for its own only,
+    # and the same local rank owns the same layers on both nodes
+    own = deal([torch.Size(s).numel() for s in SHAPES.values()], [0, 0])
+    for rank, res in enumerate(results):
+        assert res["owner"] == dict(zip(SHAPES, own))
+        mine = {k for k, o in zip(SHAPES, own) if o == rank % 2 and len(SHAPES[k]) == 2}
+        assert set(res["owned"]) == mine
+    # slow-link bytes: each node sends every layer once, split over its ranks
+    node0 = results[0]["slow"]["sent_bytes"] + results[1]["slow"]["sent_bytes"]
+    assert node0 == results[2]["slow"]["sent_bytes"] + results[3]["slow"]["sent_bytes"] > 0
+    dense = sum(torch.Size(s).numel() * 4 for s in SHAPES.values())
+    assert results[0]["local"]["sent_bytes"] == 2 * 2 * dense  # two steps, stages 1 and 3
+
+
+def test_deal_balances_elements_across_buckets():
+    sizes = [100, 10, 60, 50, 5, 5]
+    load = [0, 0]
+    own = deal(sizes, load)
+    assert load == [115, 115] and own == deal(sizes, [0, 0])
+    # one tensor per bucket (small DDP buckets): the load carries over, so both ranks own some
+    load = [0, 0]
+    assert [deal([n], load)[0] for n in (40, 30, 20, 10)] == [0, 1, 1, 0] and load == [50, 50]
+    assert deal([], [0, 0, 0]) == []
