@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="top-k density (default: the library's)")
     p.add_argument("--bits", type=int, default=None, help="QSGD bits (default: the library's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ranks-per-host", type=int, default=1,
+                   help="ranks in each namespace (world = 2 x this); between them traffic "
+                        "takes the host's loopback, unshaped, counted apart from the wire")
     p.add_argument("--tau", type=int, default=4, help="local steps per co2 / diloco round")
     p.add_argument("--arm-timeout", type=float, default=None,
                    help="seconds an arm may take in all (default 300 quick, 1800 full)")
@@ -89,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"unknown workloads {bad}; choose from {sorted(WORKLOADS)}")
     # allreduce first: its loss is every other arm's target
     args.arms = sorted(args.arms, key=lambda a: a != "allreduce")
+    if args.ranks_per_host < 1:
+        p.error("--ranks-per-host must be >= 1")
     if args.steps is not None and args.steps <= args.warmup_steps:
         p.error("--steps must exceed --warmup-steps")
     args.bandwidth = None if args.bandwidth.lower() == "none" or args.smoke else args.bandwidth
@@ -153,7 +158,8 @@ def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int
         f"--seed={args.seed}", f"--timeout={args.arm_timeout}", *lgreco,
         f"--tau={1 if args.smoke else args.tau}",
     ]
-    procs, logs = launch(net, worker, 29400 + index, out_dir / f"{workload}-{label}")
+    procs, logs = launch(net, worker, 29400 + index, out_dir / f"{workload}-{label}",
+                         args.ranks_per_host)
     beats = f"{workload}-{label if len(arms) == 1 else '*'}-rank*.progress"
     hung = watch(procs, out_dir, beats, args)
     texts = reap(procs, logs)
@@ -163,7 +169,7 @@ def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int
     recs = []
     for arm in arms:
         base = {"workload": workload, "arm": arm, "steps": steps}
-        if len(list(out_dir.glob(f"{workload}-{arm}-rank*.json"))) == 2:
+        if len(list(out_dir.glob(f"{workload}-{arm}-rank*.json"))) == 2 * args.ranks_per_host:
             rec = {**base, **merge(out_dir, workload, arm, steps, target)}
             recs.append({**rec, "teardown_error": why + error_excerpt(texts)} if why else rec)
         else:
@@ -173,16 +179,22 @@ def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int
 
 
 def merge(out_dir: Path, workload: str, arm: str, steps: int, target: float | None) -> dict:
+    """One arm's record from its ranks' files: host a's first rank for times and the curve
+    (already the slowest rank's and the mean over ranks), host a's veth and loopback counters
+    (shared by its ranks), and the payload host a's ranks handed to collectives, summed."""
     recs = [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{workload}-{arm}-rank*.json"))]
-    host_a = next(r for r in recs if r["host"] == "a")
+    on_a = sorted((r for r in recs if r["host"] == "a"), key=lambda r: r["rank"])
+    host_a = on_a[0]
     timed = host_a["timed_steps"]
     curve = host_a["losses"]
     wire = (host_a["tx_bytes"] + host_a["rx_bytes"]) / timed
-    ledger = host_a["ledger_bytes_per_step"]
+    mine = [r["ledger_bytes_per_step"] for r in on_a]
+    ledger = None if None in mine else sum(mine)
     return {
         "status": "ok", "error": None,
         "wire_bytes_per_step": wire,
         "ledger_bytes_per_step": ledger,
+        "loopback_bytes_per_step": host_a.get("lo_bytes", 0) / timed,
         "wire_over_ledger": wire / ledger if ledger else None,
         "step_time_s": host_a["step_time_s"],
         "mean_step_time_s": host_a["mean_step_time_s"],
@@ -343,6 +355,7 @@ def main(argv=None) -> int:
                       for w in args.workloads},
             "warmup_steps": args.warmup_steps, "rank": args.rank, "density": args.density,
             "bits": args.bits, "seed": args.seed, "tau": args.tau,
+            "ranks_per_host": args.ranks_per_host,
             "command": "python -m benchmarks.netbench " + " ".join(argv or sys.argv[1:]),
             "env": environment(),
         },

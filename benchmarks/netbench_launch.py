@@ -1,6 +1,6 @@
 """Starting ``benchmarks.netbench``'s two ranks, one per namespace, and watching them.
 
-Each host runs ``torchrun --nnodes=2 --nproc_per_node=1`` with c10d rendezvous on host A's
+Each host runs ``torchrun --nnodes=2 --nproc_per_node=N`` with c10d rendezvous on host A's
 address and gloo bound to its own veth, so every byte the ranks exchange crosses the shaped link.
 A launch is watched, never waited on blindly: ranks write a heartbeat file per step, and a
 launch that stops beating, runs too long, or loses one host is killed and reported.
@@ -20,16 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 PEER_GRACE_S = 20.0
 
 
-def launch(net: TwoHosts, worker: list[str], port: int, log_prefix: Path) -> tuple[dict, dict]:
-    """Start ``python -m <worker...>`` under torchrun on hosts a and b; returns the processes
-    and their open log files (``{log_prefix}-{host}.log``), by host."""
+def launch(net: TwoHosts, worker: list[str], port: int, log_prefix: Path,
+           ranks_per_host: int = 1) -> tuple[dict, dict]:
+    """Start ``python -m <worker...>`` under torchrun on hosts a and b, ``ranks_per_host``
+    ranks each (they talk to each other over the namespace's unshaped loopback); returns the
+    processes and their open log files (``{log_prefix}-{host}.log``), by host."""
     procs, logs = {}, {}
     for host in ("a", "b"):
         env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=net.iface[host],
                    NETBENCH_IFACE=net.iface[host], NETBENCH_HOST=host, PYTHONPATH=str(REPO),
                    PYTHONFAULTHANDLER="1")  # a crash prints every thread's Python stack
         cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+            sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+            f"--nproc_per_node={ranks_per_host}",
             "--rdzv_backend=c10d", f"--rdzv_endpoint={net.addr['a']}:{port}",
             f"--rdzv_id=netbench-{os.getpid()}-{port}",
             f"--rdzv_conf=is_host={int(host == 'a')}", f"--local_addr={net.addr[host]}",

@@ -43,8 +43,11 @@ CO2_ARMS = {
                                                   "accordion": False}},
     "co2_bf16": {"overlap": True, "wire_dtype": "bfloat16"},
 }
+# ours averaged flat over every rank where several ranks share a host (without them the
+# default, topology-aware reduction compresses only across hosts): the comparison it wins
+FLAT_ARMS = {"powersgd_flat": "powersgd", "topk_flat": "topk", "qsgd_flat": "qsgd"}
 ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "powersgd_fixed",
-        "topk", "qsgd", "qsgd_fixed", *LGRECO_ARMS, *CO2_ARMS]
+        "topk", "qsgd", "qsgd_fixed", *LGRECO_ARMS, *CO2_ARMS, *FLAT_ARMS]
 FAMILY_KNOB = {"powersgd": "rank", "topk": "density", "qsgd": "bits"}
 
 
@@ -83,6 +86,8 @@ def family(name: str) -> str | None:
         return name
     if name in FIXED_ARMS:
         return FIXED_ARMS[name]
+    if name in FLAT_ARMS:
+        return FLAT_ARMS[name]
     return LGRECO_ARMS[name][0] if name in LGRECO_ARMS else None
 
 
@@ -103,6 +108,8 @@ def arm_options(arm: str, args, workload) -> dict:
         opts["warmup_steps"] = args.dense_warmup
     if name in FIXED_ARMS:
         opts.update(accordion=False, warmup_steps=torch_start_iter(opts.get("warmup_steps")))
+    if name in FLAT_ARMS:
+        opts["hierarchical"] = False
     return opts
 
 
@@ -247,6 +254,7 @@ def train(args: argparse.Namespace, arm: str) -> None:
 
         opt = state = CO2(opt, model, tau=args.tau, timeout_s=args.timeout, **CO2_ARMS[name])
     iface = os.environ.get("NETBENCH_IFACE")
+    loopback = "lo" if iface else None  # the host's own traffic between its ranks
     max_steps = max(args.steps, args.max_steps or args.steps)
 
     times, losses, clock = [], [], []
@@ -256,7 +264,7 @@ def train(args: argparse.Namespace, arm: str) -> None:
         heartbeat.write_text(str(step))  # the parent treats a silent heartbeat as a hang
         if step == args.warmup_steps:
             dist.barrier()
-            before = iface_counters(iface)
+            before, lo_before = iface_counters(iface), iface_counters(loopback)
             timed_from = time.perf_counter()
         start = time.perf_counter()
         losses.append(workload.train_step(model, opt, step, rank))
@@ -268,7 +276,7 @@ def train(args: argparse.Namespace, arm: str) -> None:
     steps_run = len(losses)
     elapsed = torch.tensor([time.perf_counter() - timed_from], dtype=torch.float64)
     dist.barrier()
-    after = iface_counters(iface)
+    after, lo_after = iface_counters(iface), iface_counters(loopback)
     timed = steps_run - args.warmup_steps
     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the job ends when its slowest rank does
 
@@ -299,6 +307,8 @@ def train(args: argparse.Namespace, arm: str) -> None:
         "host": os.environ.get("NETBENCH_HOST"),
         "tx_bytes": after[0] - before[0],
         "rx_bytes": after[1] - before[1],
+        "lo_bytes": lo_after[0] - lo_before[0],
+        "local_rank": int(os.environ.get("LOCAL_RANK", 0)),
         "timed_steps": timed,
         "steps_run": steps_run,
         "step_time_s": statistics.median(t.tolist()),

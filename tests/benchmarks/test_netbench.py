@@ -209,6 +209,24 @@ def test_smoke_runs_every_arm_of_a_workload_in_one_launch(tmp_path):
     assert mine() == []
 
 
+def test_two_ranks_per_host_compress_only_between_the_hosts(tmp_path):
+    """``--ranks-per-host 2``: world 4 over the two namespaces; ours reduces in three stages
+    by default (torchrun's LOCAL_WORLD_SIZE), so host a hands the slow link half the payload
+    of the flat arm, and its ranks' traffic with each other takes the loopback instead."""
+    out = tmp_path / "nb.json"
+    assert netbench.main(["--smoke", "--ranks-per-host", "2", "--workloads", "cnn", "--arms",
+                          "allreduce,powersgd,powersgd_flat", "--json", str(out),
+                          "--data", str(REPO / "bench-results" / "data")]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["config"]["ranks_per_host"] == 2
+    recs = {r["arm"]: r for r in payload["results"]}
+    assert all(r["status"] == "ok" for r in recs.values()), recs
+    hier, flat = recs["powersgd"], recs["powersgd_flat"]  # the dense warm-up step is untimed
+    assert hier["ledger_bytes_per_step"] < 0.6 * flat["ledger_bytes_per_step"]
+    assert hier["loopback_bytes_per_step"] > flat["loopback_bytes_per_step"]
+    assert mine() == []
+
+
 def test_sigterm_tears_the_namespaces_down(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.netbench", "--workloads", "cnn", "--arms", "allreduce",
