@@ -231,8 +231,7 @@ def section(payload: dict, json_path: str) -> str:
         f"**{cfg['bandwidth'] or 'unshaped'} link"
         + (f", delay {cfg['delay']}" if cfg["delay"] else "")
         + f"** (tbf burst {link_burst(cfg)}) — {env['cpus']}-core {env['machine']} CPU, "
-        f"torch {env['torch']}, 2 ranks "
-        f"(one per network namespace), gloo; steps {cfg['steps']} ({cfg['warmup_steps']} "
+        f"torch {env['torch']}, {_ranks(cfg)}, gloo; steps {cfg['steps']} ({cfg['warmup_steps']} "
         f"untimed). Command: `{cfg['command']}` → `{json_path}`",
         "",
         "| workload | arm | status | wire MB/step | payload MB/step | wire/payload "
@@ -258,6 +257,11 @@ def section(payload: dict, json_path: str) -> str:
         else:
             err = r["error"].replace("|", "/")[:160]
             lines.append(f"| {r['workload']} | {r['arm']} | **error** | | | | | {err} | | | |")
+    if cfg.get("ranks_per_host", 1) > 1:
+        lines += ["", "Between each host's own ranks, over its loopback (unshaped, not in the "
+                  "wire column), MB/step: " + ", ".join(
+                      f"{r['workload']}/{r['arm']} {_mb(r.get('loopback_bytes_per_step'))}"
+                      for r in payload["results"] if r["status"] == "ok")]
     in_table = ("_over_allreduce_loss", "_over_allreduce_time_to_target")
     figs = {w: ", ".join(f"{k} = {v:.3f}" for k, v in f.items()
                          if v is not None and not k.endswith(in_table))
@@ -281,6 +285,14 @@ def section(payload: dict, json_path: str) -> str:
 
 
 WINDOW = 10
+
+
+def _ranks(cfg: dict) -> str:
+    per = cfg.get("ranks_per_host", 1)
+    if per == 1:
+        return "2 ranks (one per network namespace)"
+    return (f"{2 * per} ranks ({per} per network namespace; payload: host a's ranks together; "
+            "ours reduces in three stages unless the arm says flat)")
 
 
 def loss_at_wallclock(payload: dict, workload: str) -> tuple[float, dict[str, float]]:
