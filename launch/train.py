@@ -62,6 +62,7 @@ class Options:
     bits: int = CompressionConfig.bits  # QSGD bits
     warmup_steps: int = CompressionConfig.warmup_steps  # dense steps before compressing
     fixed_setting: bool = False  # one setting throughout: no Accordion schedule
+    ranks_per_node: int = 0  # 0: from the launcher (torchrun, srun, mpirun); 1: flat reduction
     tau: int = 4  # CO2 local steps per outer round
     epochs: int = 3
     steps_per_epoch: int = 100
@@ -93,7 +94,8 @@ def parse_into(cls, argv, description: str, comms) -> tuple:
     try:  # the settings --comm will use, checked before the process group forms
         method = opts.comm.removeprefix("lgreco-")
         if method in METHODS:
-            CompressionConfig(method=method, **comm_options(opts))
+            CompressionConfig(method=method, **{k: v for k, v in comm_options(opts).items()
+                                                if k != "ranks_per_node"})
         elif opts.comm == "co2":
             CO2Config(tau=opts.tau, timeout_s=opts.timeout_s)
         else:  # the framework's own all-reduce: only the timeout
@@ -109,6 +111,8 @@ def parse_args(argv=None) -> Options:
         parser.error(f"--workload must be one of {', '.join(WORKLOADS)}, got {opts.workload!r}")
     if opts.resume and not opts.checkpoint_dir:
         parser.error("--resume needs --checkpoint-dir")
+    if opts.ranks_per_node < 0:
+        parser.error(f"--ranks-per-node must be >= 0, got {opts.ranks_per_node}")
     if opts.stop_check_steps < 1:
         parser.error(f"--stop-check-steps must be >= 1, got {opts.stop_check_steps}")
     return opts
@@ -122,6 +126,8 @@ def comm_options(opts) -> dict:
     method = opts.comm.removeprefix("lgreco-")
     options = {"warmup_steps": opts.warmup_steps, "accordion": not opts.fixed_setting,
                "timeout_s": opts.timeout_s}
+    if getattr(opts, "ranks_per_node", 0):  # else the launcher's environment says
+        options["ranks_per_node"] = opts.ranks_per_node
     own = {"powersgd": {"rank": opts.rank}, "qsgd": {"bits": opts.bits},
            "topk": {"density": opts.density, "momentum": MOMENTUM}}
     return {**options, **own.get(method, {})}
@@ -283,6 +289,10 @@ def train(opts: Options, rank: int, world: int) -> bool:
         kind = LGreCoState if opts.comm.startswith("lgreco-") else CompressionState
         state = kind(model, method, **comm_options(opts))
         model.register_comm_hook(state, compression_hook)
+        if rank == 0 and state.hier is not None:
+            t = state.hier.topology
+            print(f"train.py: averaging in three stages, {t.nodes} nodes x {t.ranks_per_node} "
+                  "ranks: dense inside a node, compressed only between nodes", flush=True)
     # distcomp: states hold a thread and a process group; closed before the group is destroyed
     try:
         return _loop(opts, rank, world, task, model, opt, state, stop, device)

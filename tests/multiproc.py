@@ -126,11 +126,11 @@ def spawn_script_ranks(script: str, args: list[str], env: dict, world: int = 2) 
 
 
 def survivor_reports_lost_peer(script: str, args: list[str], env: dict, prefix: str,
-                               timeout_s: float) -> None:
-    """Run ``script`` on two ranks until rank 0 prints its first epoch line, then
-    :func:`kill_one_check_survivor`; the survivor's line starting ``prefix`` (e.g.
-    ``train.py: rank 0:``) must say a peer was lost."""
-    procs = spawn_script_ranks(script, [*args, "--timeout-s", str(timeout_s)], env)
+                               timeout_s: float, world: int = 2) -> None:
+    """Run ``script`` on ``world`` ranks until rank 0 prints its first epoch line, then
+    :func:`kill_one_check_survivor`; each survivor's first line starting ``prefix`` (e.g.
+    ``train.py: rank``) must say a peer was lost."""
+    procs = spawn_script_ranks(script, [*args, "--timeout-s", str(timeout_s)], env, world)
 
     def running() -> None:
         line = procs[0].stdout.readline()
@@ -144,8 +144,8 @@ def survivor_reports_lost_peer(script: str, args: list[str], env: dict, prefix: 
 
 def kill_one_check_survivor(procs: list, running, timeout_s: float, error_line,
                             jitter_s: float = 0.2) -> None:
-    """SIGKILL ``procs[1]`` a random moment (up to ``jitter_s``) after ``running()`` returns:
-    ``procs[0]`` must exit non-zero within the collective timeout + 10 s, and
+    """SIGKILL the last of ``procs`` a random moment (up to ``jitter_s``) after ``running()``
+    returns: every other must exit non-zero within the collective timeout + 10 s, and
     ``error_line(its stderr)`` must say a peer was lost. No process is left behind."""
     import random
     import signal
@@ -153,11 +153,12 @@ def kill_one_check_survivor(procs: list, running, timeout_s: float, error_line,
     try:
         running()
         time.sleep(random.uniform(0, jitter_s))
-        procs[1].send_signal(signal.SIGKILL)
+        procs[-1].send_signal(signal.SIGKILL)
         start = time.monotonic()
-        code = procs[0].wait(timeout=timeout_s + 10)
-        err = procs[0].stderr.read()
-        assert code != 0 and "peer" in error_line(err), err[-1500:]
+        for p in procs[:-1]:
+            code = p.wait(timeout=max(1.0, timeout_s + 10 - (time.monotonic() - start)))
+            err = p.stderr.read()
+            assert code != 0 and "peer" in error_line(err), err[-1500:]
         assert time.monotonic() - start < timeout_s + 10
     finally:
         for p in procs:

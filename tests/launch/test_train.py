@@ -41,10 +41,12 @@ def test_every_comm_trains_under_torchrun(comm):
         assert "dense/sent 1.0x" not in lines[-1]
 
 
-def test_two_node_c10d_rendezvous():
+def test_two_node_c10d_rendezvous_averages_in_three_stages_without_a_flag():
+    """Two torchrun agents of two ranks each: the hook reads LOCAL_WORLD_SIZE and compresses
+    only between the two nodes, with nothing added to the command line."""
     port = free_port()
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2",
          "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=t2n",
          f"--rdzv_conf=is_host={int(i == 0)}", "--max_restarts=0", SCRIPT, "--comm",
          "lgreco-powersgd",
@@ -53,6 +55,7 @@ def test_two_node_c10d_rendezvous():
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
     assert "[lgreco-powersgd] epoch 2/2" in outs[0][0] + outs[1][0]
+    assert "averaging in three stages, 2 nodes x 2 ranks" in outs[0][0] + outs[1][0]
 
 
 def _workers(agent: int) -> dict[int, int]:
@@ -129,6 +132,15 @@ def test_a_killed_rank_ends_the_survivor_with_a_clear_error(comm):
     survivor_reports_lost_peer(SCRIPT, ["--comm", comm, "--epochs", "100000",
                                         "--steps-per-epoch", "2", "--width", "32"], ENV,
                                "train.py: rank 0:", timeout_s=15)
+
+
+def test_a_killed_rank_of_four_in_three_stages_ends_every_survivor():
+    """2 nodes x 2 ranks averaging in three stages; rank 3 is SIGKILLed mid-training: ranks
+    0-2 (its node peer and the other node) each exit non-zero with the clear error."""
+    survivor_reports_lost_peer(SCRIPT, ["--comm", "powersgd", "--ranks-per-node", "2",
+                                        "--epochs", "100000", "--steps-per-epoch", "2",
+                                        "--width", "32"], ENV, "train.py: rank",
+                               timeout_s=15, world=4)
 
 
 def test_sigterm_to_one_rank_saves_everywhere_and_resume_continues_exactly(tmp_path):
