@@ -57,7 +57,8 @@ TINY: dict[str, tuple] = {
         "not in CI: Horovod's build takes ~4 minutes (`make test-horovod`)"),
     "torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=node0:29500 "
     "launch/train.py --comm co2 --tau 4": (
-        "test", "tests/launch/test_train.py::test_two_node_c10d_rendezvous",
+        "test", "tests/launch/test_train.py::test_two_node_c10d_rendezvous_averages_in_three_"
+        "stages_without_a_flag",
         "two torchrun agents on this host, c10d on the loopback"),
     "mpirun -n 4 python launch/train.py --comm topk": (
         "test", "tests/launch/test_train.py::test_mpirun_launch", "Open MPI as root"),
