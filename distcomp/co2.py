@@ -45,12 +45,14 @@ from torch import nn
 from torch.amp.grad_scaler import OptState
 
 from distcomp.co2_config import WIRE_DTYPES, CO2Config
+from distcomp.co2_node import NodeShare
 from distcomp.comm import CollectiveTimeout, TorchComm, check_same, model_fingerprint, wait_work
 from distcomp.config import CompressionConfig
 from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
 from distcomp.options import settings_of, trainable
 from distcomp.reducer import CompressedReducer
+from distcomp.topology import check_topology, check_topology_options, resolve
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,11 @@ class CO2:
         pseudo-gradient with a distcomp compressor (with error feedback across rounds);
         ``lgreco`` adds adaptive per-tensor settings (its schedule counts rounds, not steps).
       process_group: group to average over; default all ranks (a new group is made over it).
+      hierarchical, ranks_per_node: with several ranks on each of several nodes (from the
+        launcher's environment, or ``ranks_per_node``), gradients are averaged inside each node
+        every step and only the outer round crosses nodes, its state sharded over the node's
+        ranks (:mod:`distcomp.co2_node`); None (default): so wherever the world has that shape
+        and no ``process_group`` is given; False: flat.
       **options: :class:`CO2Config` fields.
 
     Fields:
@@ -98,8 +105,11 @@ class CO2:
     def __init__(self, inner: torch.optim.Optimizer, model: nn.Module, *,
                  compression: CompressionConfig | dict | None = None,
                  lgreco: LGreCoConfig | dict | None = None,
-                 process_group: dist.ProcessGroup | None = None, **options) -> None:
+                 process_group: dist.ProcessGroup | None = None,
+                 hierarchical: bool | None = None, ranks_per_node: int | None = None,
+                 **options) -> None:
         self.config = CO2Config.from_dict(options)
+        check_topology_options(hierarchical, ranks_per_node, process_group)
         if isinstance(compression, dict):
             compression = CompressionConfig.from_dict(compression)
         if isinstance(lgreco, dict):
@@ -124,9 +134,7 @@ class CO2:
             raise RuntimeError("CO2 needs torch.distributed to be initialized first")
         # -- validated; collectives from here on ---------------------------------------------
         self.inner = inner
-        self.names = [n for n, _ in named]
-        self.params = [p for _, p in named]
-        self.numels = [p.numel() for p in self.params]
+        self.all_params = [p for _, p in named]
         ranks = None if process_group is None else dist.get_process_group_ranks(process_group)
         self.group = dist.new_group(ranks=ranks)
         self.comm = TorchComm(self.group, self.config.timeout_s)
@@ -137,13 +145,23 @@ class CO2:
         else:
             settings["parameters"] = model_fingerprint(named)
         check_same(self.comm, "CO2", settings)
+        self.node = None if process_group is not None else \
+            self._bind_node(hierarchical, ranks_per_node)
+        outer_group = self.group
+        if self.node is not None:  # the outer round runs between nodes, on this rank's share
+            named = self.node.mine(named)
+            outer_group = self.node.peer_group
+            self.comm = TorchComm(outer_group, self.config.timeout_s)
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.numels = [p.numel() for p in self.params]
         self.reducer = None
         if compression is not None:
             self.reducer = CompressedReducer(compression, self.comm.rank, lgreco)
         self.ledger = self.reducer.ledger if self.reducer else ByteLedger()
         self.anchor = self._flat().float()
-        src = dist.get_global_rank(self.group, 0)
-        work = dist.broadcast(self.anchor, src, group=self.group, async_op=True)
+        src = dist.get_global_rank(outer_group, 0)
+        work = dist.broadcast(self.anchor, src, group=outer_group, async_op=True)
         wait_work(work, "broadcast of the initial parameters", self.config.timeout_s)
         self._load(self.anchor)
         self.base = self.anchor.clone()  # where this rank's current round started
@@ -180,6 +198,8 @@ class CO2:
             log.warning("distcomp: CO2.close: the round in flight failed: %s", err)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        if self.node is not None:
+            self.node.close()
         if dist.is_initialized():
             for group in (self.group, self.flag_group):
                 dist.destroy_process_group(group)
@@ -203,6 +223,8 @@ class CO2:
         then the outer round every ``tau`` calls. Returns the closure's loss, if any."""
         if self._closed:
             raise RuntimeError("this CO2 optimizer is closed; build a new one")
+        if self.node is not None:  # the node's ranks step together on their mean gradient
+            self.node.average_grads(self.all_params)
         loss = None
         if scaler is not None and scaler.is_enabled():
             if closure is not None:
@@ -347,8 +369,32 @@ class CO2:
 
     @torch.no_grad()
     def _load(self, flat: torch.Tensor) -> None:
+        """Parameters from ``flat`` (this rank's share; across nodes, the node's ranks then take
+        every tensor from its owner)."""
         for p, a in zip(self.params, self._split(flat)):
             p.copy_(a.view_as(p))
+        if self.node is not None:
+            self.node.share(self.all_params)
+
+    def _bind_node(self, hierarchical: bool | None, ranks_per_node: int | None
+                   ) -> NodeShare | None:
+        """The node-sharing half where the world is several nodes of several ranks and
+        ``hierarchical`` is not False (:mod:`distcomp.co2_node`); the same error on every rank
+        where the ranks disagree on the shape."""
+        topo, local_rank = resolve(dist.get_rank(), dist.get_world_size(), ranks_per_node)
+        want = topo.layered if hierarchical is None else hierarchical
+        check_topology(self.comm, topo, local_rank, placement=want)
+        if want and not topo.layered:
+            raise ValueError(f"hierarchical=True needs several nodes of several ranks; this "
+                             f"world is {topo.nodes} node(s) x {topo.ranks_per_node} rank(s)")
+        return NodeShare(topo, [p.numel() for p in self.all_params], self.config.timeout_s) \
+            if want else None
+
+    def outer_state_bytes(self) -> int:
+        """Bytes this rank holds for the outer loop: anchor, round start, outer momentum, the
+        previous average and the rounding residual (not the model or the inner optimizer)."""
+        bufs = (self.anchor, self.base, self.momentum, self.prev_avg, self.residual)
+        return sum(b.numel() * b.element_size() for b in bufs if b is not None)
 
     def anchor_digest(self) -> str:
         """SHA-256 of the anchor's bytes: equal on all ranks after every round (for checks)."""

@@ -118,17 +118,23 @@ class HierarchicalReducer:
             offset += n
 
 
-def build(reducer: CompressedReducer, topology: Topology, timeout_s: float,
-          backend: str | None = None) -> tuple[HierarchicalReducer, list]:
-    """The :class:`HierarchicalReducer` of this rank over new process groups: one per node and
-    one per local rank (every rank creates every group, in the same order, as
-    ``new_group`` requires: a collective over the default group). Returns it and the groups,
-    which the caller destroys when done."""
+def node_groups(topology: Topology, backend: str | None = None) -> tuple:
+    """(this rank's node group, its peer group, every group made): one new group per node and
+    one per local rank. Every rank creates every group, in the same order, as ``new_group``
+    requires (a collective over the default group); the caller destroys them when done."""
     backend = backend or dist.get_backend()
     nodes = [dist.new_group(topology.node_ranks(n), backend=backend)
              for n in range(topology.nodes)]
     peers = [dist.new_group(topology.peer_ranks(r), backend=backend)
              for r in range(topology.ranks_per_node)]
-    hier = HierarchicalReducer(reducer, topology, TorchComm(nodes[topology.node], timeout_s),
-                               TorchComm(peers[topology.local_rank], timeout_s))
-    return hier, nodes + peers
+    return nodes[topology.node], peers[topology.local_rank], nodes + peers
+
+
+def build(reducer: CompressedReducer, topology: Topology, timeout_s: float,
+          backend: str | None = None) -> tuple[HierarchicalReducer, list]:
+    """The :class:`HierarchicalReducer` of this rank over new process groups
+    (:func:`node_groups`). Returns it and the groups, which the caller destroys when done."""
+    node, peer, groups = node_groups(topology, backend)
+    hier = HierarchicalReducer(reducer, topology, TorchComm(node, timeout_s),
+                               TorchComm(peer, timeout_s))
+    return hier, groups
