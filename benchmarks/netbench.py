@@ -210,6 +210,7 @@ def merge(out_dir: Path, workload: str, arm: str, steps: int, target: float | No
         "plans": host_a.get("plans"),
         "mean_round_wait_s": _mean(host_a.get("round_wait_s")),
         "mean_round_s": _mean(host_a.get("round_s")),
+        "outer_state_bytes": host_a.get("outer_state_bytes"),
     }
 
 

@@ -42,6 +42,8 @@ CO2_ARMS = {
     "co2_qsgd": {"overlap": True, "compression": {"method": "qsgd", "bits": 8, "warmup_steps": 0,
                                                   "accordion": False}},
     "co2_bf16": {"overlap": True, "wire_dtype": "bfloat16"},
+    # several ranks per host: the outer round flat over every rank (the default shares it)
+    "co2_bf16_flat": {"overlap": True, "wire_dtype": "bfloat16", "hierarchical": False},
 }
 # ours averaged flat over every rank where several ranks share a host (without them the
 # default, topology-aware reduction compresses only across hosts): the comparison it wins
@@ -320,6 +322,8 @@ def train(args: argparse.Namespace, arm: str) -> None:
         "params": parameter_count(model),
         "dense_bytes": dense_grad_bytes(model),
     }
+    if name in CO2_ARMS:
+        record["outer_state_bytes"] = state.outer_state_bytes()
     if name in CO2_ARMS:  # per round, the slower rank's: blocked on the average / in total
         for key, values in (("round_wait_s", state.wait_s), ("round_s", state.round_s)):
             v = torch.tensor(values, dtype=torch.float64)
