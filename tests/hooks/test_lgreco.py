@@ -64,11 +64,13 @@ def _plans(rank, world):
 
 
 def test_every_rank_adopts_the_same_plan_within_the_budget():
-    r0, r1 = run_ranks(_plans, timeout_s=240)
+    """On 4 ranks (flat: no launcher says they share a node)."""
+    r0, *others = run_ranks(_plans, world=4, timeout_s=240)
     for method in SETTINGS:
-        a, b = r0[method], r1[method]
+        a = r0[method]
         assert a["steps"] == [3, 7, 11]
-        assert a["plans"] == b["plans"], method  # identical although local gradients differ
+        for b in others:  # identical although local gradients differ
+            assert a["plans"] == b[method]["plans"], method
         for nbytes, err, u_bytes, u_err in a["totals"]:
             assert nbytes <= u_bytes and err <= u_err * (1 + 1e-9), (method, a["totals"])
         assert any(nbytes < u_bytes for nbytes, *_ in a["totals"]), method  # it does adapt
