@@ -107,6 +107,9 @@ NB_ARMS := local,allreduce,torch_fp16,torch_powersgd,powersgd,powersgd_fixed,top
 FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco_powersgd@2,lgreco_powersgd@4,$\
   lgreco_powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco_topk@0.003,lgreco_topk@0.01,$\
   lgreco_topk@0.03,qsgd@2,qsgd@4,qsgd@8,lgreco_qsgd@2,lgreco_qsgd@4,lgreco_qsgd@8
+# 2 hosts x 2 ranks: ours in three stages (the default) against the flat reduction
+TOPOLOGY_ARMS := local,allreduce,powersgd,powersgd_flat,topk,topk_flat,qsgd,qsgd_flat,$\
+  co2_bf16,co2_bf16_flat
 # the same sweep for PowerSGD and top-k over three seeds on the loopback (loss only), paired
 DEFAULTS_FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco powersgd@2,$\
   lgreco powersgd@4,lgreco powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco topk@0.003,$\
@@ -119,6 +122,10 @@ bench: venv sysdeps
 	  --json $(RESULTS)/netbench-unshaped.json --arms local,allreduce,torch_fp16,torch_powersgd,powersgd
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
 	  --json $(RESULTS)/netbench-frontier.json --arms $(FRONTIER_ARMS)
+	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
+	  --arms $(TOPOLOGY_ARMS) --json $(RESULTS)/netbench-topology.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
+	  --arms allreduce,powersgd,topk,qsgd --json $(RESULTS)/netbench-world2.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --arms allreduce,qsgd,qsgd_fixed \
 	  --json $(RESULTS)/netbench-qsgd.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm,resnet,cnn \

@@ -284,6 +284,13 @@ def figures(results: list[dict]) -> dict:
                for a, b in LOCAL_PAIRS for kind in ("mean", "wall")},
             "co2_overlap": overlap(by.get((w, "co2")), by.get((w, "diloco")),
                                    by.get((w, "local"))),
+            # several ranks per host: three stages (the default) against the flat reduction
+            **{f"{a}_over_{a}_flat_{k}": ratio(w, a, f"{a}_flat", key)
+               for a in ("powersgd", "topk", "qsgd")
+               for k, key in (("wire", wire), ("payload", "ledger_bytes_per_step"),
+                              ("time", time_), ("loss", "loss_at_equal_steps"))},
+            "co2_bf16_over_co2_bf16_flat_outer_state":
+                ratio(w, "co2_bf16", "co2_bf16_flat", "outer_state_bytes"),
         }
         for w in sorted({r["workload"] for r in results})
     }
