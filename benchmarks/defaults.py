@@ -291,10 +291,10 @@ def table(payload: dict, json_path: str) -> str:
         ratio = "" if r["dense_over_sent"] is None else f"{r['dense_over_sent']:.1f}"
         lines.append(f"| {r['workload']} | {r['arm']} | **{r['loss_over_allreduce']:.3f}** "
                      f"({per}) | {mb} | {ratio} |")
-    if payload.get("frontier"):
+    frontier = frontier_rows(payload.get("runs", []))
+    if frontier:
         lines += ["", f"L-GreCo against uniform at each budget, paired by seed (plot: "
-                  f"`{Path(json_path).with_suffix('.png')}`):", "",
-                  frontier_table(payload["frontier"])]
+                  f"`{Path(json_path).with_suffix('.png')}`):", "", frontier_table(frontier)]
     return "\n".join(lines) + "\n"
 
 
@@ -325,10 +325,10 @@ def main(argv=None) -> int:
         "smoke": args.smoke,
         "command": "python -m benchmarks.defaults " + shlex.join(argv or sys.argv[1:]),
         "env": environment()}, "runs": runs, "rows": summarise(runs)}
-    payload["frontier"] = frontier_rows(runs)
     write_json(args.json, payload)
-    if payload["frontier"]:
-        plot_frontier(payload["frontier"], str(Path(args.json).with_suffix(".png")))
+    frontier = frontier_rows(runs)
+    if frontier:
+        plot_frontier(frontier, str(Path(args.json).with_suffix(".png")))
     print("defaults: " + ", ".join(f"{r['workload']}/{r['arm']} {r['loss_over_allreduce']:.3f}x"
                                    for r in payload["rows"]) + f" -> {args.json}")
     return 0

@@ -4,8 +4,9 @@ A sweep runs each family at a few budgets, uniform (``powersgd@4``) and adaptive
 (``lgreco powersgd@4``), on the same seeds. One run cannot rank points a few percent apart (the
 same seed moves that much between runs on the network), so each adaptive point is judged
 against the uniform one at its budget *paired by seed*: the per-seed ratio of the two losses,
-its mean and 95% interval. The adaptive frontier dominates where it sends fewer bytes and its
-loss is not higher (interval not above 1), or sends no more bytes at a lower loss.
+its mean and 95% interval. The adaptive point dominates where it sends no more bytes at a loss
+whose interval lies below the uniform one's; where the interval straddles it, three seeds have
+not resolved the comparison and the verdict says so.
 """
 
 from __future__ import annotations
@@ -53,13 +54,18 @@ def frontier_rows(runs: list[dict]) -> list[dict]:
 
 
 def verdict(row: dict) -> str:
-    """Which way L-GreCo's point lies from the uniform one, in words."""
+    """Which way L-GreCo's point lies from the uniform one, in words: it dominates only with
+    no more bytes and a loss whose interval lies below; a loss interval that straddles the
+    uniform's leaves the comparison open, whatever the bytes."""
     nb = row["lgreco"]["bytes_per_step"] / row["uniform"]["bytes_per_step"] - 1
-    lo, hi = row["paired_mean"] - row["paired_ci95"], row["paired_mean"] + row["paired_ci95"]
-    loss = "lower loss" if hi < 1 else "higher loss" if lo > 1 else "loss level"
+    mean = row["paired_mean"]
+    lo, hi = mean - row["paired_ci95"], mean + row["paired_ci95"]
     bytes_ = f"{abs(nb):.0%} {'fewer' if nb < 0 else 'more'} bytes"
-    dominates = (nb < 0 and loss != "higher loss") or (nb <= 0.01 and loss == "lower loss")
-    return f"{bytes_}, {loss}: {'dominates' if dominates else 'does not dominate'}"
+    if hi < 1 and nb <= 0.01:
+        return f"{bytes_}, lower loss: dominates"
+    if lo > 1:
+        return f"{bytes_}, higher loss: does not dominate"
+    return f"{bytes_}, loss {mean - 1:+.1%} within the interval: not resolved"
 
 
 def frontier_table(rows: list[dict]) -> str:
