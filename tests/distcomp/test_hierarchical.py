@@ -51,33 +51,10 @@ def node_means(step: int) -> list[dict[str, torch.Tensor]]:
             for n in range(2)]
 
 
-def powersgd_reference(rank: int) -> list[dict[str, torch.Tensor]]:
-    """Two steps of rank-r PowerSGD with error feedback between the 2 nodes, by hand."""
-    from distcomp.powersgd import PowerSGD, orthogonalize
-
-    comp, out = PowerSGD(), []
-    residual = [{k: torch.zeros(s) for k, s in SHAPES.items()} for _ in range(2)]
-    qs = {k: comp.initial_q(torch.Size(s), rank, 0, k) for k, s in SHAPES.items() if len(s) == 2}
-    for step in range(2):
-        means, result = node_means(step), {}
-        for k, s in SHAPES.items():
-            if len(s) == 1:
-                result[k] = (means[0][k] + means[1][k]) / 2
-                continue
-            ms = [means[n][k] + residual[n][k] for n in range(2)]
-            p = orthogonalize(sum(m @ qs[k] for m in ms))
-            q_local = [m.t() @ p for m in ms]
-            qs[k] = sum(q_local)
-            result[k] = p @ qs[k].t() / 2
-            for n in range(2):
-                residual[n][k] = ms[n] - p @ q_local[n].t()
-        out.append(result)
-    return out
-
-
-def topk_reference(density: float) -> list[dict[str, torch.Tensor]]:
-    from distcomp.topk import TopK
-
+def reference(compress) -> list[dict[str, torch.Tensor]]:
+    """Two steps of compression with error feedback between the 2 nodes, by hand:
+    ``compress(key, [each node's input]) -> (the average, [what each node's share kept])``;
+    1-D tensors travel exact."""
     out = []
     residual = [{k: torch.zeros(s) for k, s in SHAPES.items()} for _ in range(2)]
     for step in range(2):
@@ -86,17 +63,44 @@ def topk_reference(density: float) -> list[dict[str, torch.Tensor]]:
             if len(s) == 1:
                 result[k] = (means[0][k] + means[1][k]) / 2
                 continue
-            total = torch.zeros(s)
+            xs = [means[n][k] + residual[n][k] for n in range(2)]
+            result[k], kept = compress(k, xs)
             for n in range(2):
-                x = means[n][k] + residual[n][k]
-                kept = torch.zeros(x.numel())
-                idx = x.reshape(-1).abs().topk(TopK.k_for(x.numel(), density)).indices
-                kept[idx] = x.reshape(-1)[idx]
-                residual[n][k] = x - kept.view(s)
-                total += kept.view(s)
-            result[k] = total / 2
+                residual[n][k] = xs[n] - kept[n]
         out.append(result)
     return out
+
+
+def powersgd_reference(rank: int) -> list[dict[str, torch.Tensor]]:
+    """Rank-r PowerSGD: one shared P, warm-started Q."""
+    from distcomp.powersgd import PowerSGD, orthogonalize
+
+    comp = PowerSGD()
+    qs = {k: comp.initial_q(torch.Size(s), rank, 0, k) for k, s in SHAPES.items() if len(s) == 2}
+
+    def compress(k, ms):
+        p = orthogonalize(sum(m @ qs[k] for m in ms))
+        q_local = [m.t() @ p for m in ms]
+        qs[k] = sum(q_local)
+        return p @ qs[k].t() / 2, [p @ q.t() for q in q_local]
+
+    return reference(compress)
+
+
+def topk_reference(density: float) -> list[dict[str, torch.Tensor]]:
+    """Top-k of each node's input, summed."""
+    from distcomp.topk import TopK
+
+    def compress(k, xs):
+        kept = []
+        for x in xs:
+            flat = torch.zeros(x.numel())
+            idx = x.reshape(-1).abs().topk(TopK.k_for(x.numel(), density)).indices
+            flat[idx] = x.reshape(-1)[idx]
+            kept.append(flat.view_as(x))
+        return sum(kept) / 2, kept
+
+    return reference(compress)
 
 
 @pytest.mark.parametrize("method,setting", [("powersgd", 2), ("topk", 0.25)])
