@@ -49,7 +49,7 @@ def one_round(method: str, setting: dict, g: torch.Tensor, gen: torch.Generator)
     comp = config.compressor()
     if method == "powersgd":
         m = as_matrix(g)
-        q = comp.initial_q(g.shape, config.rank, 0, "bench")
+        q = comp.initial_q(g.shape, config.rank, 0, "bench", g.device)
         p = orthogonalize(m @ q)
         return (p @ (m.t() @ p).t()).view_as(g), comp.wire_bytes(g.shape, config.rank)
     flat = g.reshape(-1)
