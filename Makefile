@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    := OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1 PATH=$(CURDIR)/$(BIN):$$PATH
 TORCHRUN := $(RUN) $(BIN)/torchrun --standalone --nproc_per_node=2
 
-.PHONY: venv sysdeps mpi deepspeed horovod horovod-build test test-horovod lint docs demo bench clean
+.PHONY: gpu-check venv sysdeps mpi deepspeed horovod horovod-build test test-horovod lint docs demo bench clean
 
 venv: $(STAMP)
 
@@ -172,6 +172,23 @@ bench: venv sysdeps
 	$(BIN)/python -m benchmarks.netbench_report --readme BENCHMARKS.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-frontier.json \
 	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
+
+# CUDA tests and the GPU benchmark (issue #27), with the machine's own Python and torch where it
+# has them (a GPU machine: nothing is fetched), else with the project's venv. This checkout is
+# installed offline into GPU_SITE (the repository root after it on the path, for tests/ and
+# benchmarks/); without CUDA every step says so and passes, which is how CI runs it. On a GPU
+# machine: make gpu-check GPU_JSON=<where the figures go>.
+GPU_PY ?= $(shell python3 -c 'import torch' 2>/dev/null && echo python3 || echo $(BIN)/python)
+GPU_SITE ?= /tmp/distcomp-gpu-site
+GPU_JSON ?= bench-results/gpu.json
+GPU_TESTS := tests/distcomp/test_cuda.py
+GPU_RUN = PYTHONPATH=$(GPU_SITE):$(CURDIR) OMP_NUM_THREADS=1 $(GPU_PY) -P
+gpu-check: $(if $(filter $(BIN)/python,$(GPU_PY)),venv)
+	@echo "gpu-check: $$($(GPU_PY) -c 'import sys, torch; print(sys.executable, sys.version.split()[0], "torch", torch.__version__, "CUDA:", torch.cuda.is_available() and torch.cuda.get_device_name())')"
+	rm -rf $(GPU_SITE)
+	$(GPU_PY) -m pip install -q --no-deps --no-build-isolation --no-index --target $(GPU_SITE) .
+	$(GPU_RUN) -m pytest -q -rs -p no:cacheprovider --import-mode=append $(GPU_TESTS)
+	$(GPU_RUN) -m benchmarks.gpu --json $(GPU_JSON)
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache *.egg-info

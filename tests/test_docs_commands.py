@@ -33,6 +33,9 @@ DEEPSPEED_TEST = ("tests/hooks/test_deepspeed.py::"
 # README command -> ("run", extra argv) | ("test", test that runs it, why it runs there)
 TINY: dict[str, tuple] = {
     "make demo": ("run", []),
+    "make gpu-check": ("run", []),  # no CUDA here: it starts, says so and skips
+    "python -m benchmarks.gpu": ("run", ["--elements", "8192", "--json",
+                                          "bench-results/gpu-readme.json"]),
     "make test": ("test", ".ci/run", "CI itself is `make test`"),
     "make docs": ("test", "Makefile::test", "`make test` depends on `docs`"),
     "make horovod": ("test", HOROVOD_TEST,
