@@ -1,0 +1,127 @@
+"""The hooks and CO2 on a CUDA model (``make gpu-check``): the same training as on the CPU, on
+a 1-rank NCCL group and on 2 gloo ranks sharing one GPU (NCCL refuses two ranks on one device,
+gloo does not), and state moving between CPU and GPU.
+
+Tolerance: the GPU's convolutions and matrix products round differently from the CPU's, and six
+steps of training carry that along: losses match to 1e-3 relative.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from distcomp.hooks import CompressionState, LGreCoState, compression_hook
+from tests.models import ConvNet, convnet_batch
+from tests.multiproc import run_ranks
+
+# DISTCOMP_TEST_DEVICE=cpu runs these on the CPU against itself: a dry run of the test code
+DEV = os.environ.get("DISTCOMP_TEST_DEVICE", "cuda")
+pytestmark = pytest.mark.skipif(
+    DEV == "cuda" and not torch.cuda.is_available(),
+    reason="needs a CUDA device (none here); `make gpu-check` runs these on a GPU machine")
+METHODS = {"powersgd": {"rank": 2}, "topk": {"density": 0.05}, "qsgd": {"bits": 4}}
+COMMON = {"warmup_steps": 2, "accordion_interval": 3, "min_compression_rate": 0.0}
+
+
+def _train(rank, device, method, steps=6, group=None, state_from=None, lgreco=False):
+    torch.manual_seed(0)
+    model = ConvNet().to(device)
+    ddp = DDP(model, process_group=group, find_unused_parameters=True)  # ConvNet has a branch
+    kind = LGreCoState if lgreco else CompressionState
+    extra = {"lgreco": {"warmup_steps": 3, "window": 2, "period": 3}} if lgreco else {}
+    state = kind(ddp, method, process_group=group, **METHODS[method], **COMMON, **extra)
+    if state_from is not None:
+        state.load_state_dict(state_from)
+    ddp.register_comm_hook(state, compression_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(steps):
+        x, y = convnet_batch(rank, step)
+        opt.zero_grad()
+        loss = F.cross_entropy(ddp(x.to(device)), y.to(device))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    saved = state.state_dict()
+    state.close()
+    return losses, saved
+
+
+def _gloo_cpu_and_gpu(rank, world):
+    out = {}
+    for method in METHODS:
+        cpu, _ = _train(rank, "cpu", method)
+        gpu, saved = _train(rank, DEV, method)
+        lg_cpu, _ = _train(rank, "cpu", method, lgreco=True)
+        lg_gpu, _ = _train(rank, DEV, method, lgreco=True)
+        # the GPU run's state continues on the CPU (and back): tensors follow the model
+        moved = torch.utils._pytree.tree_map(
+            lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, saved)
+        on_cpu, back = _train(rank, "cpu", method, steps=2, state_from=moved)
+        again, _ = _train(rank, DEV, method, steps=2, state_from=back)
+        out[method] = {"cpu": cpu, "gpu": gpu, "lg_cpu": lg_cpu, "lg_gpu": lg_gpu,
+                       "resumed": on_cpu + again}
+    return out
+
+
+def test_two_gloo_ranks_on_one_gpu_train_like_the_cpu():
+    for r in run_ranks(_gloo_cpu_and_gpu, timeout_s=300):
+        for method, m in r.items():
+            assert m["gpu"] == pytest.approx(m["cpu"], rel=1e-3), method
+            assert m["lg_gpu"] == pytest.approx(m["lg_cpu"], rel=1e-3), method
+            assert all(map(torch.isfinite, torch.tensor(m["resumed"]))), method
+
+
+def _nccl_one_rank(rank, world):
+    group = dist.new_group(backend="nccl")
+    out = {}
+    for method in METHODS:
+        cpu, _ = _train(rank, "cpu", method)
+        gpu, _ = _train(rank, "cuda", method, group=group)
+        out[method] = (cpu, gpu)
+    dist.destroy_process_group(group)
+    return out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(),
+                    reason="needs CUDA and NCCL (none here)")
+def test_one_rank_nccl_group_trains_like_the_cpu():
+    (r,) = run_ranks(_nccl_one_rank, world=1, timeout_s=300)
+    for method, (cpu, gpu) in r.items():
+        assert gpu == pytest.approx(cpu, rel=1e-3), method
+
+
+def _co2_anchors(rank, world):
+    from distcomp.co2 import CO2
+    from distcomp.hooks import local_hook
+
+    torch.manual_seed(0)
+    model = DDP(ConvNet().to(DEV), find_unused_parameters=True)
+    model.register_comm_hook(None, local_hook)
+    digests = []
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with CO2(torch.optim.SGD(trainable, lr=0.05), model, tau=2,
+             wire_dtype="bfloat16") as co2:
+        for step in range(8):
+            x, y = convnet_batch(rank, step)
+            co2.zero_grad()
+            F.cross_entropy(model(x.to(DEV)), y.to(DEV)).backward()
+            co2.step()
+            if co2.steps % 2 == 0:
+                digests.append(co2.anchor_digest())
+        co2.synchronize()
+        final = torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()])
+        on_device = co2.anchor.device.type
+    return digests, final, on_device
+
+
+def test_co2_keeps_identical_anchors_on_the_gpu():
+    (d0, p0, dev0), (d1, p1, dev1) = run_ranks(_co2_anchors, timeout_s=300)
+    assert dev0 == dev1 == DEV and len(d0) == 4
+    assert d0 == d1 and torch.equal(p0, p1)
