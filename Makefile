@@ -181,7 +181,7 @@ bench: venv sysdeps
 GPU_PY ?= $(shell python3 -c 'import torch' 2>/dev/null && echo python3 || echo $(BIN)/python)
 GPU_SITE ?= /tmp/distcomp-gpu-site
 GPU_JSON ?= bench-results/gpu.json
-GPU_TESTS := tests/distcomp/test_cuda.py tests/hooks/test_cuda.py
+GPU_TESTS := tests/distcomp/test_cuda.py tests/distcomp/test_cuda_gnnpipe.py tests/hooks/test_cuda.py
 GPU_RUN = PYTHONPATH=$(GPU_SITE):$(CURDIR) OMP_NUM_THREADS=1 $(GPU_PY) -P
 gpu-check: $(if $(filter $(BIN)/python,$(GPU_PY)),venv)
 	@echo "gpu-check: $$($(GPU_PY) -c 'import sys, torch; print(sys.executable, sys.version.split()[0], "torch", torch.__version__, "CUDA:", torch.cuda.is_available() and torch.cuda.get_device_name())')"
