@@ -125,3 +125,36 @@ def test_co2_keeps_identical_anchors_on_the_gpu():
     (d0, p0, dev0), (d1, p1, dev1) = run_ranks(_co2_anchors, timeout_s=300)
     assert dev0 == dev1 == DEV and len(d0) == 4
     assert d0 == d1 and torch.equal(p0, p1)
+
+
+def _deepspeed(rank, world, comm):
+    from distcomp.hooks.deepspeed import DeepSpeedCompression, register_deepspeed_hook
+    from tests.hooks.test_deepspeed import _engine
+
+    os.environ["RANK"] = str(rank)
+    engine = _engine(zero_stage=0)
+    if comm is not None:
+        register_deepspeed_hook(engine, DeepSpeedCompression(engine, comm, rank=2,
+                                                             warmup_steps=2))
+    w = torch.randn(16, 4, generator=torch.Generator().manual_seed(99))
+    losses = []
+    for step in range(6):
+        x = torch.randn(16, 16, generator=torch.Generator().manual_seed(step * 100 + rank))
+        y = (x @ w).argmax(1)
+        loss = F.cross_entropy(engine(x.to(engine.device)), y.to(engine.device))
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.item())
+    return {"losses": losses, "device": str(next(engine.module.parameters()).device)}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or
+                    __import__("importlib.util").util.find_spec("deepspeed") is None,
+                    reason="needs CUDA and DeepSpeed's CUDA build (none here)")
+def test_deepspeed_zero0_with_the_hook_on_the_gpu():
+    own = run_ranks(_deepspeed, comm=None, timeout_s=300)
+    ours = run_ranks(_deepspeed, comm="powersgd", timeout_s=300)
+    for a, b in zip(own, ours):
+        assert a["device"].startswith("cuda") and b["device"].startswith("cuda")
+        assert b["losses"][:3] == pytest.approx(a["losses"][:3], rel=1e-4)  # dense warm-up
+        assert b["losses"][-1] < b["losses"][0]
