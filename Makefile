@@ -171,6 +171,7 @@ bench: venv sysdeps
 	  $(RESULTS)/data_scale_kmeans.json
 	$(BIN)/python -m benchmarks.netbench_report --readme BENCHMARKS.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-frontier.json \
+	  $(RESULTS)/netbench-topology.json $(RESULTS)/netbench-world2.json \
 	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
 
 # CUDA tests and the GPU benchmark (issue #27), with the machine's own Python and torch where it
