@@ -53,20 +53,25 @@ def _train(rank, device, method, steps=6, group=None, state_from=None, lgreco=Fa
     return losses, saved
 
 
+def _to_cpu(state):
+    return torch.utils._pytree.tree_map(
+        lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, state)
+
+
 def _gloo_cpu_and_gpu(rank, world):
     out = {}
     for method in METHODS:
-        cpu, _ = _train(rank, "cpu", method)
-        gpu, saved = _train(rank, DEV, method)
+        cpu, cpu_saved = _train(rank, "cpu", method)
+        gpu, gpu_saved = _train(rank, DEV, method)
         lg_cpu, _ = _train(rank, "cpu", method, lgreco=True)
         lg_gpu, _ = _train(rank, DEV, method, lgreco=True)
-        # the GPU run's state continues on the CPU (and back): tensors follow the model
-        moved = torch.utils._pytree.tree_map(
-            lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, saved)
-        on_cpu, back = _train(rank, "cpu", method, steps=2, state_from=moved)
-        again, _ = _train(rank, DEV, method, steps=2, state_from=back)
+        # hook state saved on one device continues on the other: residuals, warm-start Qs and
+        # schedules follow the model's device, and the continuation matches the CPU's own
+        ref, _ = _train(rank, "cpu", method, steps=3, state_from=cpu_saved)
+        gpu_to_cpu, _ = _train(rank, "cpu", method, steps=3, state_from=_to_cpu(gpu_saved))
+        cpu_to_gpu, _ = _train(rank, DEV, method, steps=3, state_from=cpu_saved)
         out[method] = {"cpu": cpu, "gpu": gpu, "lg_cpu": lg_cpu, "lg_gpu": lg_gpu,
-                       "resumed": on_cpu + again}
+                       "ref": ref, "gpu_to_cpu": gpu_to_cpu, "cpu_to_gpu": cpu_to_gpu}
     return out
 
 
@@ -75,16 +80,18 @@ def test_two_gloo_ranks_on_one_gpu_train_like_the_cpu():
         for method, m in r.items():
             assert m["gpu"] == pytest.approx(m["cpu"], rel=1e-3), method
             assert m["lg_gpu"] == pytest.approx(m["lg_cpu"], rel=1e-3), method
-            assert all(map(torch.isfinite, torch.tensor(m["resumed"]))), method
+            for moved in ("gpu_to_cpu", "cpu_to_gpu"):
+                assert m[moved] == pytest.approx(m["ref"], rel=1e-3), (method, moved)
 
 
 def _nccl_one_rank(rank, world):
     group = dist.new_group(backend="nccl")
     out = {}
     for method in METHODS:
-        cpu, _ = _train(rank, "cpu", method)
-        gpu, _ = _train(rank, "cuda", method, group=group)
-        out[method] = (cpu, gpu)
+        for lgreco in (False, True):
+            cpu, _ = _train(rank, "cpu", method, lgreco=lgreco)
+            gpu, _ = _train(rank, "cuda", method, group=group, lgreco=lgreco)
+            out[(method, lgreco)] = (cpu, gpu)
     dist.destroy_process_group(group)
     return out
 
