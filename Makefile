@@ -175,10 +175,12 @@ bench: venv sysdeps
 	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
 
 # CUDA tests and the GPU benchmark (issue #27), with the machine's own Python and torch where it
-# has them (a GPU machine: nothing is fetched), else with the project's venv. This checkout is
-# installed offline into GPU_SITE (the repository root after it on the path, for tests/ and
-# benchmarks/); without CUDA every step says so and passes, which is how CI runs it. On a GPU
-# machine: make gpu-check GPU_JSON=<where the figures go>.
+# has them (a GPU machine: nothing is fetched), else with the project's venv. The package is laid
+# out in GPU_SITE as the wheel lays it out (pyproject's package-dir: hooks/ -> distcomp.hooks,
+# data_compress/ -> distcomp.data), no build tool needed, the repository root after it on the
+# path for tests/ and benchmarks/; without CUDA every step says so and passes, which is how CI
+# runs it. On a GPU machine: make gpu-check GPU_JSON=<where the figures go>. A dry run of the
+# test code on the CPU: DISTCOMP_TEST_DEVICE=cpu make gpu-check.
 GPU_PY ?= $(shell python3 -c 'import torch' 2>/dev/null && echo python3 || echo $(BIN)/python)
 GPU_SITE ?= /tmp/distcomp-gpu-site
 GPU_JSON ?= bench-results/gpu.json
@@ -186,8 +188,9 @@ GPU_TESTS := tests/distcomp/test_cuda.py tests/distcomp/test_cuda_gnnpipe.py tes
 GPU_RUN = PYTHONPATH=$(GPU_SITE):$(CURDIR) OMP_NUM_THREADS=1 $(GPU_PY) -P
 gpu-check: $(if $(filter $(BIN)/python,$(GPU_PY)),venv)
 	@echo "gpu-check: $$($(GPU_PY) -c 'import sys, torch; print(sys.executable, sys.version.split()[0], "torch", torch.__version__, "CUDA:", torch.cuda.is_available() and torch.cuda.get_device_name())')"
-	rm -rf $(GPU_SITE)
-	$(GPU_PY) -m pip install -q --no-deps --no-build-isolation --no-index --target $(GPU_SITE) .
+	rm -rf $(GPU_SITE) && mkdir -p $(GPU_SITE)
+	cp -r distcomp $(GPU_SITE)/ && cp -r hooks $(GPU_SITE)/distcomp/hooks && \
+	  cp -r data_compress $(GPU_SITE)/distcomp/data
 	$(GPU_RUN) -m pytest -q -rs -p no:cacheprovider --import-mode=append $(GPU_TESTS)
 	$(GPU_RUN) -m benchmarks.gpu --json $(GPU_JSON)
 
