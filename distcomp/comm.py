@@ -57,6 +57,16 @@ class _TorchHandle:
         return self._result
 
 
+class _ToDevice:
+    """A handle whose result is copied to ``device`` once the collective finished."""
+
+    def __init__(self, inner: Handle, device: torch.device):
+        self._inner, self._device = inner, device
+
+    def wait(self) -> torch.Tensor:
+        return self._inner.wait().to(self._device)
+
+
 class TorchComm:
     """torch.distributed on one process group (gloo or NCCL)."""
 
@@ -73,11 +83,18 @@ class TorchComm:
         return _TorchHandle(work, t, f"all_reduce of {t.numel()} x {t.dtype}", self.timeout_s)
 
     def all_gather(self, t: torch.Tensor) -> Handle:
-        flat = t.new_empty(self.world_size * t.numel())  # gloo wants a flat output
+        what = f"all_gather of {t.numel()} x {t.dtype}"
+        # gloo all-reduces and broadcasts CUDA tensors but documents no CUDA all-gather: a CUDA
+        # payload (gloo ranks sharing a GPU) goes through host memory, as gloo's own CUDA paths do
+        staged = t.is_cuda and dist.get_backend(self.group) == "gloo"
+        src = t.cpu() if staged else t
+        flat = src.new_empty(self.world_size * t.numel())  # gloo wants a flat output
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        work = gather(flat, t.reshape(-1), group=self.group, async_op=True)
+        work = gather(flat, src.reshape(-1), group=self.group, async_op=True)
         out = flat.view(self.world_size, *t.shape)
-        return _TorchHandle(work, out, f"all_gather of {t.numel()} x {t.dtype}", self.timeout_s)
+        if staged:
+            return _ToDevice(_TorchHandle(work, out, what, self.timeout_s), t.device)
+        return _TorchHandle(work, out, what, self.timeout_s)
 
 
 def check_same(comm: Comm, what: str, settings: dict) -> None:

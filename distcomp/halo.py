@@ -24,7 +24,8 @@ from distcomp.ledger import ByteLedger
 class PeerLink:
     """isend / recv between ranks of the default group. Every send is recorded on the ledger
     (bytes of the tensor, under ``key``, at ``step``); every wait is bounded by ``timeout_s``
-    and a timeout or lost peer raises :class:`distcomp.comm.CollectiveTimeout`."""
+    and a timeout or lost peer raises :class:`distcomp.comm.CollectiveTimeout`. gloo sends
+    only host memory: with CUDA tensors on gloo (ranks sharing a GPU) they go through it."""
 
     def __init__(self, ledger: ByteLedger, timeout_s: float = 300.0,
                  device: torch.device | str = "cpu"):
@@ -33,18 +34,22 @@ class PeerLink:
         self.device = torch.device(device)
         self.step = 0
         self._pending: list[tuple[dist.Work, torch.Tensor, str]] = []
+        self._host = self.device.type != "cpu" and dist.is_initialized() and \
+            dist.get_backend() == "gloo"
 
     def send(self, t: torch.Tensor, dst: int, tag: int, key: str) -> None:
         t = t.detach().contiguous()
+        if self._host:
+            t = t.cpu()
         self.ledger.record(self.step, key, t.numel() * t.element_size(), "send")
         self._pending.append((dist.isend(t, dst, tag=tag), t, f"send of {key} to rank {dst}"))
 
     def recv(self, shape: Sequence[int], src: int, tag: int, what: str,
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        out = torch.empty(tuple(shape), dtype=dtype, device=self.device)
+        out = torch.empty(tuple(shape), dtype=dtype, device="cpu" if self._host else self.device)
         wait_work(dist.irecv(out, src, tag=tag), f"receive of {what} from rank {src}",
                   self.timeout_s)
-        return out
+        return out.to(self.device)
 
     def flush(self) -> None:
         """Wait for every send started so far (their buffers are kept alive until then)."""
