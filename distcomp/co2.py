@@ -52,7 +52,7 @@ from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
 from distcomp.options import settings_of, trainable
 from distcomp.reducer import CompressedReducer
-from distcomp.topology import check_topology, check_topology_options, resolve
+from distcomp.topology import agree, check_topology_options
 
 log = logging.getLogger(__name__)
 
@@ -381,14 +381,9 @@ class CO2:
         """The node-sharing half where the world is several nodes of several ranks and
         ``hierarchical`` is not False (:mod:`distcomp.co2_node`); the same error on every rank
         where the ranks disagree on the shape."""
-        topo, local_rank = resolve(dist.get_rank(), dist.get_world_size(), ranks_per_node)
-        want = topo.layered if hierarchical is None else hierarchical
-        check_topology(self.comm, topo, local_rank, placement=want)
-        if want and not topo.layered:
-            raise ValueError(f"hierarchical=True needs several nodes of several ranks; this "
-                             f"world is {topo.nodes} node(s) x {topo.ranks_per_node} rank(s)")
-        return NodeShare(topo, [p.numel() for p in self.all_params], self.config.timeout_s) \
-            if want else None
+        topo = agree(self.comm, hierarchical, ranks_per_node)
+        return None if topo is None else \
+            NodeShare(topo, [p.numel() for p in self.all_params], self.config.timeout_s)
 
     def outer_state_bytes(self) -> int:
         """Bytes this rank holds for the outer loop: anchor, round start, outer momentum, the

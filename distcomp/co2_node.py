@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from distcomp.comm import TorchComm
-from distcomp.hierarchical import deal, node_groups
+from distcomp.hierarchical import deal, node_groups, share_from_owners
 from distcomp.ledger import ByteLedger
 from distcomp.topology import Topology
 
@@ -76,18 +76,11 @@ class NodeShare:
             else:
                 p.grad.copy_(g.view_as(p))
 
-    @torch.no_grad()
     def share(self, params: list[torch.Tensor]) -> None:
         """Every parameter set to its owner's value (the owners just applied a round)."""
-        me = self.topology.local_rank
-        flat = torch.cat([p.detach().reshape(-1).float() if o == me else
-                          torch.zeros(p.numel(), device=p.device)
-                          for p, o in zip(params, self.owner)])
-        self.local.all_reduce_sum(flat).wait()
+        flat = share_from_owners(self.local, params, self.owner, self.topology.local_rank)
         self.ledger.record(self.steps, "parameters", flat.numel() * flat.element_size(),
                            "allreduce")
-        for p, v in zip(params, torch.split(flat, [p.numel() for p in params])):
-            p.copy_(v.view_as(p))
 
     def close(self) -> None:
         if dist.is_initialized():

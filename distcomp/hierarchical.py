@@ -82,7 +82,7 @@ class HierarchicalReducer:
         flat = torch.cat([g.detach().reshape(-1) for g in grads])
         flat /= per_node
         self.local.all_reduce_sum(flat).wait()
-        self._scatter(flat, grads)
+        scatter(flat, grads)
         new = [i for i, k in enumerate(keys) if k not in self.owner]
         for i, r in zip(new, deal([grads[i].numel() for i in new], self.load)):
             self.owner[keys[i]] = r
@@ -91,10 +91,7 @@ class HierarchicalReducer:
         if mine:
             self.reducer.reduce([grads[i] for i in mine], [keys[i] for i in mine], self.peers,
                                 step)
-        back = torch.cat([g.detach().reshape(-1) if o == self.topology.local_rank
-                          else g.new_zeros(g.numel()) for g, o in zip(grads, own)])
-        self.local.all_reduce_sum(back).wait()
-        self._scatter(back, grads)
+        share_from_owners(self.local, grads, own, self.topology.local_rank)
         for k, g in zip(keys, grads):
             self.local_ledger.record(step, k, 2 * g.numel() * flat.element_size(), "allreduce")
 
@@ -109,13 +106,28 @@ class HierarchicalReducer:
         self.owner, self.load = dict(state["owner"]), list(state["load"])
         self.local_ledger.load_state_dict(state["local_ledger"])
 
-    @staticmethod
-    def _scatter(flat: torch.Tensor, grads: list[torch.Tensor]) -> None:
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset : offset + n].view_as(g))
-            offset += n
+
+
+def scatter(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy consecutive slices of ``flat`` into ``tensors`` (in place, cast to their dtype)."""
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
+@torch.no_grad()
+def share_from_owners(local: Comm, tensors: list[torch.Tensor], owners: list[int],
+                      me: int) -> torch.Tensor:
+    """Every tensor set to its owner's value across the node: one dense fp32 all-reduce of
+    the owned tensors, zeros elsewhere (exact: each element has one non-zero term). Returns
+    the flat buffer that travelled (for the ledger)."""
+    flat = torch.cat([t.detach().reshape(-1).float() if o == me else
+                      torch.zeros(t.numel(), device=t.device) for t, o in zip(tensors, owners)])
+    local.all_reduce_sum(flat).wait()
+    scatter(flat, tensors)
+    return flat
 
 
 def node_groups(topology: Topology, backend: str | None = None) -> tuple:

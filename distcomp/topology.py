@@ -145,3 +145,20 @@ def check_topology_options(hierarchical, ranks_per_node, process_group) -> tuple
         raise ValueError("hierarchical=True builds its own groups over the whole world; it "
                          "cannot run on a process_group of yours")
     return hierarchical, ranks_per_node
+
+
+def agree(comm: Comm, hierarchical: bool | None, ranks_per_node: int | None
+          ) -> Topology | None:
+    """This rank's :class:`Topology` where three stages are wanted (``hierarchical`` True, or
+    None and the world is several nodes of several ranks), else None; checked on every rank
+    (:func:`check_topology`, a collective over ``comm``), so a disagreement is the same
+    ValueError everywhere."""
+    import torch.distributed as dist
+
+    topo, local_rank = resolve(dist.get_rank(), dist.get_world_size(), ranks_per_node)
+    want = topo.layered if hierarchical is None else hierarchical
+    check_topology(comm, topo, local_rank, placement=want)
+    if want and not topo.layered:
+        raise ValueError(f"hierarchical=True needs several nodes of several ranks; this "
+                         f"world is {topo.nodes} node(s) x {topo.ranks_per_node} rank(s)")
+    return topo if want else None

@@ -29,7 +29,7 @@ from distcomp.ledger import ByteLedger
 from distcomp.lgreco import LGreCoConfig
 from distcomp.options import parse_options, settings_of, trainable
 from distcomp.reducer import CompressedReducer
-from distcomp.topology import check_topology, check_topology_options, resolve
+from distcomp.topology import agree, check_topology_options
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 100  # steps between the INFO lines of bytes and ratio (rank 0, logger "distcomp")
@@ -139,14 +139,10 @@ class CompressionState:
     def _bind_topology(self) -> None:
         """Agree on the cluster shape (the same error on every rank where ranks disagree) and,
         where it is layered and wanted, build the three-stage reducer over new groups."""
-        topo, local_rank = resolve(dist.get_rank(), dist.get_world_size(), self._ranks_per_node)
-        want = self._hierarchical if self._hierarchical is not None else \
-            topo.layered and self._owns_group
-        check_topology(self._comm, topo, local_rank, placement=want)
-        if want and not topo.layered:
-            raise ValueError(f"hierarchical=True needs several nodes of several ranks; this "
-                             f"world is {topo.nodes} node(s) x {topo.ranks_per_node} rank(s)")
-        if want:
+        auto = None if self._owns_group else False  # not on a process group of the user's
+        topo = agree(self._comm, auto if self._hierarchical is None else self._hierarchical,
+                     self._ranks_per_node)
+        if topo is not None:
             self.hier, self._hier_groups = build(self.reducer, topo, self.config.timeout_s)
 
     def close(self) -> None:
