@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import signal
@@ -144,7 +145,11 @@ def print_epoch(tag: str, epoch: int, epochs: int, loss: float, sent: float, den
 
 def run_guarded(script: str, rank: int, fn) -> int:
     """``fn()``'s exit code; a lost peer, a timeout or a bad setting or checkpoint becomes one
-    line on stderr naming the rank, and exit code 1. The process group is always torn down."""
+    line on stderr naming the rank, and exit code 1. The process group is always torn down.
+
+    Objects in reference cycles that hold process groups (DeepSpeed's engine does) are
+    collected first: left to the interpreter's exit, a gloo destructor ran during finalisation
+    and aborted ("terminate called without an active exception") about once per CI run."""
     try:
         return fn()
     except (RuntimeError, ValueError) as err:
@@ -154,6 +159,7 @@ def run_guarded(script: str, rank: int, fn) -> int:
               flush=True)
         return 1
     finally:
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -282,7 +288,13 @@ def train(opts: Options, rank: int, world: int) -> bool:
     if opts.comm == "co2":
         # distcomp: local steps, pseudo-gradient averaged in the background every tau steps
         model.register_comm_hook(None, local_hook)
-        opt = CO2(opt, model, tau=opts.tau, timeout_s=opts.timeout_s)
+        topo = {"ranks_per_node": opts.ranks_per_node} if opts.ranks_per_node else {}
+        opt = CO2(opt, model, tau=opts.tau, timeout_s=opts.timeout_s, **topo)
+        if rank == 0 and opt.node is not None:
+            t = opt.node.topology
+            print(f"train.py: CO2 across {t.nodes} nodes x {t.ranks_per_node} ranks: gradients "
+                  "averaged inside a node every step, outer rounds only between nodes",
+                  flush=True)
     elif opts.comm != "none":
         # distcomp: the two-line change (compressed gradient all-reduce)
         method = opts.comm.removeprefix("lgreco-")

@@ -139,6 +139,8 @@ def train(opts: Options, rank: int, world: int) -> None:
         else:
             result["deepspeed_comms"] = _logged_bytes(ds_comm)
         Path(opts.log_json).write_text(json.dumps(result))
+    if state is not None:
+        state.close()
 
 
 def _logged_bytes(ds_comm) -> dict:

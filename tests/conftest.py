@@ -31,3 +31,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                      if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
 
     items.sort(key=rank)  # stable: tests keep their order within a file
+
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces on one shaped veth (``benchmarks.netns.TwoHosts``, 100 Mbit/s):
+    pass it to ``run_ranks(hosts=...)`` to place half the ranks on each "node"."""
+    import os
+    import shutil
+
+    from benchmarks.netns import TwoHosts
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces (ip netns, veth, tc)")
+    if not (shutil.which("ip") and shutil.which("tc")):
+        pytest.skip("needs iproute2's ip and tc (apt-get install iproute2)")
+    with TwoHosts("100mbit", burst="1mbit") as net:
+        yield net
+
+
+@pytest.fixture(params=["loopback", "namespaces"])
+def nodes(request):
+    """Where a 4-rank test's two "nodes" live: None (all ranks on one loopback) or a
+    :func:`two_hosts` pair of namespaces, for ``run_ranks(hosts=nodes)``."""
+    return None if request.param == "loopback" else request.getfixturevalue("two_hosts")

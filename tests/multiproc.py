@@ -35,8 +35,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child(fn, rank: int, world: int, port: int, out: str, pg_timeout_s: float, kwargs) -> None:
-    os.environ.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def enter_namespace(ns: str) -> None:
+    """Move this process into network namespace ``ns`` (``ip netns`` names it): every socket
+    opened afterwards, gloo's included, lives there. Python 3.11 has no ``os.setns``."""
+    import ctypes
+
+    clone_newnet = 0x40000000
+    fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, clone_newnet) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
+    finally:
+        os.close(fd)
+
+
+def _child(fn, rank: int, world: int, port: int, out: str, pg_timeout_s: float, kwargs,
+           host: tuple[str, str, str] | None = None) -> None:
+    master = "127.0.0.1"
+    if host is not None:  # (namespace, its veth, host a's address)
+        enter_namespace(host[0])
+        os.environ["GLOO_SOCKET_IFNAME"] = host[1]
+        master = host[2]
+    os.environ.update(OMP_NUM_THREADS="1", MASTER_ADDR=master, MASTER_PORT=str(port))
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -54,18 +74,23 @@ def _child(fn, rank: int, world: int, port: int, out: str, pg_timeout_s: float, 
             dist.destroy_process_group()
 
 
-def run_ranks(fn, world: int = 2, timeout_s: float = 180.0, pg_timeout_s: float = 60.0, **kwargs):
+def run_ranks(fn, world: int = 2, timeout_s: float = 180.0, pg_timeout_s: float = 60.0,
+              hosts=None, **kwargs):
     """Call ``fn(rank, world, **kwargs)`` on ``world`` gloo ranks; return the results by rank.
 
     ``fn`` must be a module-level function (it is pickled by reference). A rank that raises
     fails the test with its traceback; a run past ``timeout_s`` is killed and fails the test.
+    ``hosts``: a ``benchmarks.netns.TwoHosts``; the first half of the ranks then run in host
+    a's namespace and the rest in host b's, so traffic between the halves crosses its veth
+    and traffic inside a half takes that namespace's loopback, as on two real nodes.
     """
     ctx = _CTX
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         outs = [str(Path(tmp) / f"rank{r}.pt") for r in range(world)]
         procs = [
-            ctx.Process(target=_child, args=(fn, r, world, port, outs[r], pg_timeout_s, kwargs))
+            ctx.Process(target=_child, args=(fn, r, world, port, outs[r], pg_timeout_s, kwargs,
+                                             _host_of(hosts, r, world)))
             for r in range(world)
         ]
         old = os.environ.get("OMP_NUM_THREADS")
@@ -99,6 +124,12 @@ def run_ranks(fn, world: int = 2, timeout_s: float = 180.0, pg_timeout_s: float 
         return results
 
 
+def _host_of(hosts, rank: int, world: int) -> tuple[str, str, str] | None:
+    if hosts is None:
+        return None
+    host = "a" if rank < world // 2 else "b"
+    return hosts.ns[host], hosts.iface[host], hosts.addr["a"]
+
 
 def outcome(fn) -> dict:
     """Run ``fn()`` inside a rank; {"error": "Type: message" or None, "seconds": how long}.
@@ -111,32 +142,50 @@ def outcome(fn) -> dict:
     return {"error": None, "seconds": time.monotonic() - start}
 
 
-def spawn_script_ranks(script: str, args: list[str], env: dict, world: int = 2) -> list:
+def spawn_script_ranks(script: str, args: list[str], env: dict, world: int = 2,
+                       hosts=None) -> list:
     """Start ``python script args`` once per rank with torchrun's variables set by hand (so a
-    test can signal one rank); stdout and stderr are pipes."""
+    test can signal one rank); stdout and stderr are pipes. ``hosts`` (a ``TwoHosts``): half
+    the ranks per namespace, as in :func:`run_ranks`, each node's ranks told so the way
+    torchrun tells them (LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK)."""
     import subprocess
     import sys
 
     port = free_port()
-    return [subprocess.Popen(
-        [sys.executable, script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**env, "RANK": str(rank), "WORLD_SIZE": str(world),
-                        "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}) for rank in range(world)]
+    per_node = world // 2 if hosts is not None else world
+    procs = []
+    for rank in range(world):
+        rank_env = {**env, "RANK": str(rank), "WORLD_SIZE": str(world),
+                    "LOCAL_RANK": str(rank % per_node), "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(port)}
+        argv = [sys.executable, script, *args]
+        host = _host_of(hosts, rank, world)
+        if host is not None:
+            rank_env.update(GLOO_SOCKET_IFNAME=host[1], MASTER_ADDR=host[2],
+                            LOCAL_WORLD_SIZE=str(per_node), GROUP_RANK=str(rank // per_node))
+            argv = ["ip", "netns", "exec", host[0], *argv]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=rank_env))
+    return procs
 
 
 def survivor_reports_lost_peer(script: str, args: list[str], env: dict, prefix: str,
-                               timeout_s: float, world: int = 2) -> None:
-    """Run ``script`` on ``world`` ranks until rank 0 prints its first epoch line, then
-    :func:`kill_one_check_survivor`; each survivor's first line starting ``prefix`` (e.g.
-    ``train.py: rank``) must say a peer was lost."""
-    procs = spawn_script_ranks(script, [*args, "--timeout-s", str(timeout_s)], env, world)
+                               timeout_s: float, world: int = 2, hosts=None,
+                               expect: str = "") -> None:
+    """Run ``script`` on ``world`` ranks until rank 0 prints its first epoch line (after a line
+    holding ``expect``), then :func:`kill_one_check_survivor`; each survivor's first line
+    starting ``prefix`` (e.g. ``train.py: rank``) must say a peer was lost."""
+    procs = spawn_script_ranks(script, [*args, "--timeout-s", str(timeout_s)], env, world,
+                               hosts)
 
     def running() -> None:
+        seen = ""
         line = procs[0].stdout.readline()
         while line and "epoch 1/" not in line:
+            seen += line
             line = procs[0].stdout.readline()
         assert "epoch 1/" in line, procs[0].stderr.read()[-2000:]
+        assert expect in seen, seen
 
     kill_one_check_survivor(procs, running, timeout_s, lambda err: next(
         (ln for ln in err.splitlines() if ln.startswith(prefix)), ""))

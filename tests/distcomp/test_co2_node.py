@@ -97,5 +97,5 @@ def _resume(rank, world):
     return all(torch.equal(expected[k], v) for k, v in model2.state_dict().items())
 
 
-def test_resume_across_nodes_is_bit_identical():
-    assert all(run_ranks(_resume, world=4, timeout_s=240))
+def test_resume_across_nodes_is_bit_identical(nodes):
+    assert all(run_ranks(_resume, world=4, timeout_s=240, hosts=nodes))

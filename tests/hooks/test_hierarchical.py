@@ -81,8 +81,8 @@ def _resume(rank, world):
     return out
 
 
-def test_resume_is_bit_identical_with_sharded_state():
-    res = run_ranks(_resume, world=4, timeout_s=240)
+def test_resume_is_bit_identical_with_sharded_state(nodes):
+    res = run_ranks(_resume, world=4, timeout_s=240, hosts=nodes)
     for rank, r in enumerate(res):
         for method, (same, on, residuals, topo) in r.items():
             assert same and on, (rank, method)

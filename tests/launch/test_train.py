@@ -134,13 +134,17 @@ def test_a_killed_rank_ends_the_survivor_with_a_clear_error(comm):
                                "train.py: rank 0:", timeout_s=15)
 
 
-def test_a_killed_rank_of_four_in_three_stages_ends_every_survivor():
-    """2 nodes x 2 ranks averaging in three stages; rank 3 is SIGKILLed mid-training: ranks
-    0-2 (its node peer and the other node) each exit non-zero with the clear error."""
-    survivor_reports_lost_peer(SCRIPT, ["--comm", "powersgd", "--ranks-per-node", "2",
-                                        "--epochs", "100000", "--steps-per-epoch", "2",
-                                        "--width", "32"], ENV, "train.py: rank",
-                               timeout_s=15, world=4)
+@pytest.mark.parametrize("comm", ["powersgd", "co2"])
+def test_a_killed_rank_of_four_in_three_stages_ends_every_survivor(comm, nodes):
+    """2 nodes x 2 ranks, on one loopback or in two namespaces (told their node the way
+    torchrun tells it, no flag); rank 3 is SIGKILLed mid-training: ranks 0-2 (its node peer
+    and the other node) each exit non-zero with the clear error."""
+    flag = ["--ranks-per-node", "2"] if nodes is None else []
+    survivor_reports_lost_peer(SCRIPT, ["--comm", comm, *flag, "--epochs", "100000",
+                                        "--steps-per-epoch", "2", "--width", "32"], ENV,
+                               "train.py: rank", timeout_s=15, world=4, hosts=nodes,
+                               expect={"powersgd": "averaging in three stages, 2 nodes x 2",
+                                       "co2": "CO2 across 2 nodes x 2 ranks"}[comm])
 
 
 def test_sigterm_to_one_rank_saves_everywhere_and_resume_continues_exactly(tmp_path):
