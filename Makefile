@@ -107,9 +107,10 @@ NB_ARMS := local,allreduce,torch_fp16,torch_powersgd,powersgd,powersgd_fixed,top
 FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco_powersgd@2,lgreco_powersgd@4,$\
   lgreco_powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco_topk@0.003,lgreco_topk@0.01,$\
   lgreco_topk@0.03,qsgd@2,qsgd@4,qsgd@8,lgreco_qsgd@2,lgreco_qsgd@4,lgreco_qsgd@8
-# 2 hosts x 2 ranks: ours in three stages (the default) against the flat reduction
-TOPOLOGY_ARMS := local,allreduce,powersgd,powersgd_flat,topk,topk_flat,qsgd,qsgd_flat,$\
-  co2_bf16,co2_bf16_flat
+# 2 hosts x 2 ranks: ours in three stages (the default) against the flat reduction, torch's
+# PowerSGD hook (flat) beside them, top-k in three stages at twice the density, CO2 at tau 4 and 2
+TOPOLOGY_ARMS := local,allreduce,torch_powersgd,powersgd,powersgd_flat,topk,topk_flat,topk@0.02,$\
+  qsgd,qsgd_flat,co2_bf16,co2_bf16_flat,co2_bf16@2
 # the same sweep for PowerSGD and top-k over three seeds on the loopback (loss only), paired
 DEFAULTS_FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco powersgd@2,$\
   lgreco powersgd@4,lgreco powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco topk@0.003,$\
@@ -123,7 +124,12 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
 	  --json $(RESULTS)/netbench-frontier.json --arms $(FRONTIER_ARMS)
 	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
-	  --arms $(TOPOLOGY_ARMS) --json $(RESULTS)/netbench-topology.json
+	  --burst 1mbit --outer-momentum 0 --arms $(TOPOLOGY_ARMS) \
+	  --json $(RESULTS)/netbench-topology.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads lm --steps 150 \
+	  --burst 1mbit --outer-momentum 0 --arms local,co2_bf16,co2_bf16@2 \
+	  --json $(RESULTS)/netbench-topology-lm.json
+	$(RUN) $(BIN)/python -m benchmarks.co2_outer --json $(RESULTS)/co2-outer.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
 	  --arms allreduce,powersgd,topk,qsgd --json $(RESULTS)/netbench-world2.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --arms allreduce,qsgd,qsgd_fixed \
@@ -171,7 +177,8 @@ bench: venv sysdeps
 	  $(RESULTS)/data_scale_kmeans.json
 	$(BIN)/python -m benchmarks.netbench_report --readme BENCHMARKS.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-frontier.json \
-	  $(RESULTS)/netbench-topology.json $(RESULTS)/netbench-world2.json \
+	  $(RESULTS)/netbench-topology.json $(RESULTS)/netbench-topology-lm.json \
+	  $(RESULTS)/netbench-world2.json \
 	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
 
 # CUDA tests and the GPU benchmark (issue #27), with the machine's own Python and torch where it

@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="ranks in each namespace (world = 2 x this); between them traffic "
                         "takes the host's loopback, unshaped, counted apart from the wire")
     p.add_argument("--tau", type=int, default=4, help="local steps per co2 / diloco round")
+    p.add_argument("--outer-momentum", type=float, default=None,
+                   help="CO2 / DiLoCo outer momentum (default: the library's)")
     p.add_argument("--arm-timeout", type=float, default=None,
                    help="seconds an arm may take in all (default 300 quick, 1800 full)")
     p.add_argument("--stall-timeout", type=float, default=90.0,
@@ -94,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.arms = sorted(args.arms, key=lambda a: a != "allreduce")
     if args.ranks_per_host < 1:
         p.error("--ranks-per-host must be >= 1")
+    if args.outer_momentum is not None and not 0 <= args.outer_momentum < 1:
+        p.error("--outer-momentum must be in [0, 1)")
     if args.steps is not None and args.steps <= args.warmup_steps:
         p.error("--steps must exceed --warmup-steps")
     args.bandwidth = None if args.bandwidth.lower() == "none" or args.smoke else args.bandwidth
@@ -157,6 +161,7 @@ def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int
         f"--warmup-steps={warmup}", f"--smooth={smooth_for(steps)}", *extra, *knobs,
         f"--seed={args.seed}", f"--timeout={args.arm_timeout}", *lgreco,
         f"--tau={1 if args.smoke else args.tau}",
+        *([f"--outer-momentum={args.outer_momentum}"] if args.outer_momentum is not None else []),
     ]
     procs, logs = launch(net, worker, 29400 + index, out_dir / f"{workload}-{label}",
                          args.ranks_per_host)
@@ -259,7 +264,10 @@ def figures(results: list[dict]) -> dict:
         return ra[key] / rb[key] if ok else None
 
     wire, time_ = "wire_bytes_per_step", "step_time_s"
-    compressed = [a for a in ARMS if a not in ("local", "allreduce")]
+    other_tau = list(dict.fromkeys(r["arm"] for r in results  # "co2_bf16@2": CO2 at tau 2
+                                   if "@" in r["arm"] and split_arm(r["arm"])[0] in CO2_ARMS))
+    compressed = [a for a in [*ARMS, *other_tau] if a not in ("local", "allreduce")]
+    local_pairs = [*LOCAL_PAIRS, *((a, "local") for a in other_tau)]
     return {
         w: {
             # time to accuracy: every arm against plain DDP, in the same run
@@ -281,7 +289,7 @@ def figures(results: list[dict]) -> dict:
             # per step (ranks drift apart between rounds, so a per-step max over ranks
             # counts each rank's jitter; the job's elapsed time does not), overlap ratio
             **{f"{a}_over_{b}_{kind}_time": ratio(w, a, b, f"{kind}_step_time_s")
-               for a, b in LOCAL_PAIRS for kind in ("mean", "wall")},
+               for a, b in local_pairs for kind in ("mean", "wall")},
             "co2_overlap": overlap(by.get((w, "co2")), by.get((w, "diloco")),
                                    by.get((w, "local"))),
             # several ranks per host: three stages (the default) against the flat reduction
@@ -363,6 +371,7 @@ def main(argv=None) -> int:
                       for w in args.workloads},
             "warmup_steps": args.warmup_steps, "rank": args.rank, "density": args.density,
             "bits": args.bits, "seed": args.seed, "tau": args.tau,
+            "outer_momentum": args.outer_momentum,
             "ranks_per_host": args.ranks_per_host,
             "command": "python -m benchmarks.netbench " + " ".join(argv or sys.argv[1:]),
             "env": environment(),

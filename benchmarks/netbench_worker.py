@@ -55,13 +55,15 @@ FAMILY_KNOB = {"powersgd": "rank", "topk": "density", "qsgd": "bits"}
 
 def split_arm(arm: str) -> tuple[str, float | None]:
     """"lgreco_topk@0.003" -> ("lgreco_topk", 0.003): an arm at another setting of its
-    family's knob (rank, density or bits), for budget sweeps; ValueError for what is not."""
+    family's knob (rank, density or bits; a CO2 arm's is tau, "co2_bf16@2"), for sweeps;
+    ValueError for what is not."""
     name, at, setting = arm.partition("@")
     if name not in ARMS:
         raise ValueError(f"unknown arm {name!r}; choose from {ARMS}")
     if not at:
         return name, None
-    return name, setting_value(arm, FAMILY_KNOB.get(family(name) or ""), setting)
+    knob = "tau" if name in CO2_ARMS else FAMILY_KNOB.get(family(name) or "")
+    return name, setting_value(arm, knob, setting)
 
 
 def setting_value(arm: str, knob: str | None, setting: str) -> float:
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lgreco-period", type=int, default=20)
     p.add_argument("--lgreco-window", type=int, default=2)
     p.add_argument("--tau", type=int, default=4, help="local steps per CO2 / DiLoCo round")
+    p.add_argument("--outer-momentum", type=float, default=None)
     p.add_argument("--dense-warmup", type=int, default=None,
                    help="our hooks' and torch's dense warm-up steps (default: the library's)")
     p.add_argument("--torch-ddp-buckets", action="store_true",
@@ -250,11 +253,14 @@ def train(args: argparse.Namespace, arm: str) -> None:
     model = DDP(net, bucket_cap_mb=bucket_cap_mb(arm, net, args.torch_ddp_buckets))
     state = register_arm(model, arm, args, workload)
     opt = workload.optimizer(model.parameters())
-    name = split_arm(arm)[0]
+    name, setting = split_arm(arm)
+    tau = int(setting) if name in CO2_ARMS and setting is not None else args.tau
     if name in CO2_ARMS:
         from distcomp.co2 import CO2
 
-        opt = state = CO2(opt, model, tau=args.tau, timeout_s=args.timeout, **CO2_ARMS[name])
+        outer = {} if args.outer_momentum is None else {"outer_momentum": args.outer_momentum}
+        opt = state = CO2(opt, model, tau=tau, timeout_s=args.timeout, **outer,
+                          **CO2_ARMS[name])
     iface = os.environ.get("NETBENCH_IFACE")
     loopback = "lo" if iface else None  # the host's own traffic between its ranks
     max_steps = max(args.steps, args.max_steps or args.steps)
@@ -291,7 +297,7 @@ def train(args: argparse.Namespace, arm: str) -> None:
 
     ledger = None
     if name in CO2_ARMS:  # bytes per round, keyed by round; rounds end every tau steps
-        ends = {r: (r + 1) * args.tau - 1 for r in range(steps_run // args.tau)}
+        ends = {r: (r + 1) * tau - 1 for r in range(steps_run // tau)}
         ledger = sum(state.ledger.step_bytes(r) for r, end in ends.items()
                      if end >= args.warmup_steps) / timed
     elif state is not None:

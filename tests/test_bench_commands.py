@@ -45,6 +45,7 @@ TINY: dict[str, list[str] | str] = {
     "benchmarks.gnnpipe": "tests/benchmarks/test_gnnpipe_bench.py::"
                           "test_gnnpipe_records_every_mode",
     "benchmarks.integrations": ["--steps", "3", "--width", "16"],
+    "benchmarks.co2_outer": ["--quick", "--workloads", "resnet", "--taus", "2"],
 }
 
 
