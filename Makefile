@@ -126,8 +126,14 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
 	  --burst 1mbit --outer-momentum 0 --arms $(TOPOLOGY_ARMS) \
 	  --json $(RESULTS)/netbench-topology.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
+	  --burst 1mbit --outer-momentum 0 --arms local,local_node,co2_bf16,co2_bf16@2 \
+	  --json $(RESULTS)/netbench-topology-co2.json
+	$(RUN) $(BIN)/python -m benchmarks.netbench --bandwidth none --ranks-per-host 2 --workloads resnet \
+	  --steps 300 --outer-momentum 0 --arms local,local_node,co2_bf16,co2_bf16@2 \
+	  --json $(RESULTS)/netbench-topology-co2-unshaped.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads lm --steps 150 \
-	  --burst 1mbit --outer-momentum 0 --arms local,co2_bf16,co2_bf16@2 \
+	  --burst 1mbit --outer-momentum 0 --arms local,local_node,co2_bf16,co2_bf16@2 \
 	  --json $(RESULTS)/netbench-topology-lm.json
 	$(RUN) $(BIN)/python -m benchmarks.co2_outer --json $(RESULTS)/co2-outer.json
 	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
@@ -177,7 +183,9 @@ bench: venv sysdeps
 	  $(RESULTS)/data_scale_kmeans.json
 	$(BIN)/python -m benchmarks.netbench_report --readme BENCHMARKS.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-frontier.json \
-	  $(RESULTS)/netbench-topology.json $(RESULTS)/netbench-topology-lm.json \
+	  $(RESULTS)/netbench-topology.json $(RESULTS)/netbench-topology-co2.json \
+	  $(RESULTS)/netbench-topology-co2-unshaped.json \
+	  $(RESULTS)/netbench-topology-lm.json \
 	  $(RESULTS)/netbench-world2.json \
 	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
 

@@ -144,7 +144,7 @@ def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int
         for stale in out_dir.glob(f"{workload}-{arm}-rank*.*"):
             stale.unlink()
     steps = SMOKE_STEPS if args.smoke else steps_for(args, workload)
-    chase = target is not None and set(arms).isdisjoint({"local", "allreduce"})
+    chase = target is not None and set(arms).isdisjoint({"local", "local_node", "allreduce"})
     extra = [f"--max-steps={int(PAST_TARGET * steps)}", f"--target-loss={target}"] if chase \
         else []
     knobs = [f"--{k}={getattr(args, k)}" for k in ("rank", "density", "bits")
@@ -266,8 +266,9 @@ def figures(results: list[dict]) -> dict:
     wire, time_ = "wire_bytes_per_step", "step_time_s"
     other_tau = list(dict.fromkeys(r["arm"] for r in results  # "co2_bf16@2": CO2 at tau 2
                                    if "@" in r["arm"] and split_arm(r["arm"])[0] in CO2_ARMS))
-    compressed = [a for a in [*ARMS, *other_tau] if a not in ("local", "allreduce")]
-    local_pairs = [*LOCAL_PAIRS, *((a, "local") for a in other_tau)]
+    compressed = [a for a in [*ARMS, *other_tau] if a not in ("local", "local_node", "allreduce")]
+    local_pairs = [*LOCAL_PAIRS, *((a, "local") for a in other_tau),
+                   *((a, "local_node") for a in ("co2_bf16", *other_tau))]
     return {
         w: {
             # time to accuracy: every arm against plain DDP, in the same run

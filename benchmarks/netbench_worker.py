@@ -48,8 +48,10 @@ CO2_ARMS = {
 # ours averaged flat over every rank where several ranks share a host (without them the
 # default, topology-aware reduction compresses only across hosts): the comparison it wins
 FLAT_ARMS = {"powersgd_flat": "powersgd", "topk_flat": "topk", "qsgd_flat": "qsgd"}
-ARMS = ["local", "allreduce", "torch_fp16", "torch_powersgd", "powersgd", "powersgd_fixed",
-        "topk", "qsgd", "qsgd_fixed", *LGRECO_ARMS, *CO2_ARMS, *FLAT_ARMS]
+# local_node: gradients averaged inside each host only, nothing between hosts: the floor of CO2
+# across hosts, which averages inside the host every step too (compute plus the fast link)
+ARMS = ["local", "local_node", "allreduce", "torch_fp16", "torch_powersgd", "powersgd",
+        "powersgd_fixed", "topk", "qsgd", "qsgd_fixed", *LGRECO_ARMS, *CO2_ARMS, *FLAT_ARMS]
 FAMILY_KNOB = {"powersgd": "rank", "topk": "density", "qsgd": "bits"}
 
 
@@ -160,6 +162,8 @@ def register_arm(model: DDP, arm: str, args, workload) -> object | None:
 
         model.register_comm_hook(None, local_hook)
         return None
+    if name == "local_node":
+        return NodeAverage(model)
     if name in TORCH_HOOKS:
         register_torch_hook(model, name, args.rank, getattr(args, "dense_warmup", None))
         return None
@@ -175,6 +179,29 @@ def register_arm(model: DDP, arm: str, args, workload) -> object | None:
         state = CompressionState(model, family(name), **opts)
     model.register_comm_hook(state, compression_hook)
     return state
+
+
+class NodeAverage:
+    """The ``local_node`` arm: DDP's buckets all-reduced (averaged) over this host's ranks only,
+    as the launcher's LOCAL_WORLD_SIZE places them; ``close()`` destroys the groups."""
+
+    def __init__(self, model: DDP):
+        from distcomp.hierarchical import node_groups
+        from distcomp.topology import resolve
+
+        topo, _ = resolve(dist.get_rank(), dist.get_world_size())
+        self.group, _, self.groups = node_groups(topo)
+        model.register_comm_hook(self.group, _node_hook)
+
+    def close(self) -> None:
+        for group in self.groups:
+            dist.destroy_process_group(group)
+
+
+def _node_hook(group, bucket):  # no annotations: DDP compares them as objects, not strings
+    grad = bucket.buffer().div_(dist.get_world_size(group))
+    work = dist.all_reduce(grad, group=group, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
 
 
 def reached(losses: list[float], args, world: int) -> bool:
@@ -300,6 +327,8 @@ def train(args: argparse.Namespace, arm: str) -> None:
         ends = {r: (r + 1) * tau - 1 for r in range(steps_run // tau)}
         ledger = sum(state.ledger.step_bytes(r) for r, end in ends.items()
                      if end >= args.warmup_steps) / timed
+    elif name in ("local", "local_node"):  # nothing crosses between hosts
+        ledger = 0.0
     elif state is not None:
         steps = range(args.warmup_steps, steps_run)
         book = state.ledger  # drains the hook's worker once, not once per step
@@ -308,8 +337,6 @@ def train(args: argparse.Namespace, arm: str) -> None:
         ledger = dense_grad_bytes(model)  # DDP hands every gradient byte to all-reduce
     elif name == "torch_fp16":
         ledger = dense_grad_bytes(model) / 2
-    elif name == "local":
-        ledger = 0.0
     record = {
         "rank": rank,
         "host": os.environ.get("NETBENCH_HOST"),

@@ -215,7 +215,7 @@ def test_two_ranks_per_host_compress_only_between_the_hosts(tmp_path):
     of the flat arm, and its ranks' traffic with each other takes the loopback instead."""
     out = tmp_path / "nb.json"
     assert netbench.main(["--smoke", "--ranks-per-host", "2", "--workloads", "cnn", "--arms",
-                          "allreduce,powersgd,powersgd_flat", "--json", str(out),
+                          "allreduce,powersgd,powersgd_flat,local_node", "--json", str(out),
                           "--data", str(REPO / "bench-results" / "data")]) == 0
     payload = json.loads(out.read_text())
     assert payload["config"]["ranks_per_host"] == 2
@@ -224,6 +224,10 @@ def test_two_ranks_per_host_compress_only_between_the_hosts(tmp_path):
     hier, flat = recs["powersgd"], recs["powersgd_flat"]  # the dense warm-up step is untimed
     assert hier["ledger_bytes_per_step"] < 0.6 * flat["ledger_bytes_per_step"]
     assert hier["loopback_bytes_per_step"] > flat["loopback_bytes_per_step"]
+    # local_node (CO2's floor) averages inside each host: the loopback carries it, not the veth
+    node = recs["local_node"]
+    assert node["loopback_bytes_per_step"] > node["dense_bytes"] / 2
+    assert node["wire_bytes_per_step"] < node["loopback_bytes_per_step"] / 10
     assert mine() == []
 
 
