@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import environment, free_port, write_json
+from benchmarks.common import environment, free_port, spawn_ranks, write_json
 from benchmarks.netbench import smooth_for, smoothed
 from distcomp.workloads import WORKLOADS, prepare
 
@@ -102,24 +102,9 @@ def _train(rank: int, spec: dict, arm: dict | None) -> list[float]:
 
 def run(spec: dict, tmp: Path) -> list[list[float]]:
     """``spec["arms"]`` on 4 spawned ranks; a loss curve per arm."""
-    ctx = torch.multiprocessing.get_context("spawn")
-    out, port = str(tmp / "rank0.json"), free_port()
-    env = dict(os.environ)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        procs = [ctx.Process(target=_rank, args=(r, port, spec, out)) for r in range(WORLD)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(3600)
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
+    out = str(tmp / "rank0.json")
+    codes = spawn_ranks(_rank, WORLD, (free_port(), spec, out), timeout_s=3600)
     files = [Path(f"{out}.{i}") for i in range(len(spec["arms"]))]
-    codes = [p.exitcode for p in procs]
     if codes != [0] * WORLD or not all(f.exists() for f in files):
         raise RuntimeError(f"{spec['workload']}: ranks exited with {codes}")
     return [json.loads(f.read_text()) for f in files]

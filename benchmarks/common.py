@@ -52,6 +52,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_ranks(target, world: int, args: tuple, timeout_s: float) -> list[int | None]:
+    """Run ``target(rank, *args)`` in ``world`` spawned processes with one OpenMP thread each;
+    return their exit codes (None for one still running at ``timeout_s``, which is killed)."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    env = dict(os.environ)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        procs = [ctx.Process(target=target, args=(r, *args)) for r in range(world)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout_s)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    return codes
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a file behind."""
     path = Path(path)

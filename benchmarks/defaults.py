@@ -26,7 +26,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ci95, environment, free_port, replace_block, write_json
+from benchmarks.common import (
+    ci95,
+    environment,
+    free_port,
+    replace_block,
+    spawn_ranks,
+    write_json,
+)
 from benchmarks.defaults_frontier import frontier_rows, frontier_table
 from benchmarks.defaults_frontier import plot as plot_frontier
 from benchmarks.netbench import smooth_for, smoothed
@@ -222,24 +229,8 @@ def _train(rank: int, spec: dict) -> dict:
 
 def run(spec: dict, tmp: Path) -> list[dict]:
     """``spec["arms"]`` on two spawned ranks; a record per arm."""
-    ctx = torch.multiprocessing.get_context("spawn")
     out = str(tmp / "rank0.json")
-    port = free_port()
-    env = dict(os.environ)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        procs = [ctx.Process(target=_rank, args=(r, port, spec, out)) for r in range(2)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(1800)
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
-    codes = [p.exitcode for p in procs]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
+    codes = spawn_ranks(_rank, 2, (free_port(), spec, out), timeout_s=1800)
     files = [Path(f"{out}.{i}") for i in range(len(spec["arms"]))]
     if codes != [0, 0] or not all(f.exists() for f in files):
         raise RuntimeError(f"{spec['workload']}/{','.join(spec['arms'])} seed {spec['seed']}: "
