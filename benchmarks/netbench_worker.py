@@ -186,22 +186,18 @@ class NodeAverage:
     as the launcher's LOCAL_WORLD_SIZE places them; ``close()`` destroys the groups."""
 
     def __init__(self, model: DDP):
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
         from distcomp.hierarchical import node_groups
         from distcomp.topology import resolve
 
         topo, _ = resolve(dist.get_rank(), dist.get_world_size())
         self.group, _, self.groups = node_groups(topo)
-        model.register_comm_hook(self.group, _node_hook)
+        model.register_comm_hook(self.group, allreduce_hook)  # DDP's own average, on the group
 
     def close(self) -> None:
         for group in self.groups:
             dist.destroy_process_group(group)
-
-
-def _node_hook(group, bucket):  # no annotations: DDP compares them as objects, not strings
-    grad = bucket.buffer().div_(dist.get_world_size(group))
-    work = dist.all_reduce(grad, group=group, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
 
 
 def reached(losses: list[float], args, world: int) -> bool:

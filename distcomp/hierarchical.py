@@ -107,7 +107,6 @@ class HierarchicalReducer:
         self.local_ledger.load_state_dict(state["local_ledger"])
 
 
-
 def scatter(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     """Copy consecutive slices of ``flat`` into ``tensors`` (in place, cast to their dtype)."""
     offset = 0
