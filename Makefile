@@ -34,10 +34,11 @@ lint: venv
 	$(BIN)/ruff check .
 
 # The API reference from the docstrings (pdoc) into build/api/; every module of a package with
-# an __all__ named (it hides submodules from pdoc's own walk). Part of `make test`, so CI
+# an __all__ named (it hides submodules from pdoc's own walk; the others are walked). Part of `make test`, so CI
 # checks that it builds.
 mods = $(patsubst %.py,$(2).%,$(notdir $(filter-out %/__init__.py,$(wildcard $(1)/*.py))))
-DOC_MODULES := distcomp $(call mods,distcomp,distcomp) distcomp.workloads distcomp.hooks \
+DOC_MODULES := distcomp $(call mods,distcomp,distcomp) distcomp.compression distcomp.gnn \
+  distcomp.co2 $(call mods,distcomp/co2,distcomp.co2) distcomp.workloads distcomp.hooks \
   $(call mods,hooks,distcomp.hooks) distcomp.data
 docs: venv
 	$(RUN) $(BIN)/python -m pdoc --docformat restructuredtext -o build/api $(DOC_MODULES)

@@ -175,7 +175,7 @@ HOOK_CASES = [
 # -- GNN pipeline ---------------------------------------------------------------------------
 
 def _graph(edges: np.ndarray, n: int = 60, masks: int | None = None):
-    from distcomp.graph import make_graph
+    from distcomp.gnn.graph import make_graph
 
     rng = np.random.default_rng(0)
     train = np.zeros(n, bool)
@@ -191,8 +191,8 @@ def _ring(n: int = 60) -> np.ndarray:
 
 def _pipeline(edges: np.ndarray, layers: int = 2, chunks: int = 2) -> Callable[[Ctx], None]:
     def act(ctx: Ctx) -> None:
-        from distcomp.gnn_layers import deep_gcn
-        from distcomp.gnnpipe import GNNPipe
+        from distcomp.gnn.layers import deep_gcn
+        from distcomp.gnn.pipeline import GNNPipe
 
         graph = _graph(edges)
         torch.manual_seed(0)

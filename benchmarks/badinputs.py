@@ -32,7 +32,7 @@ CTX = mp.get_context("forkserver")
 # Imported once, not per case. Not torch._dynamo (the first optimizer built imports it, ~2 s):
 # forked after it is imported, torch's fp16 DDP hook hung at teardown in 5 of 12 soak runs.
 CTX.set_forkserver_preload(["benchmarks.badinput_cases", "distcomp.data.cli", "datasets",
-                            "distcomp.hooks.ddp", "distcomp.gnnpipe"])
+                            "distcomp.hooks.ddp", "distcomp.gnn.pipeline"])
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from benchmarks.common import environment, write_json
 from distcomp import CompressionConfig
-from distcomp.powersgd import as_matrix, orthogonalize
+from distcomp.compression.methods.powersgd import as_matrix, orthogonalize
 from distcomp.workloads.teacher import TeacherTask
 
 SETTINGS = [

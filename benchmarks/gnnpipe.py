@@ -3,7 +3,7 @@
     python -m benchmarks.gnnpipe [--quick] [--layers 8,16,32] [--bandwidth 100mbit|none]
         [--json PATH]
 
-Graph: a stochastic block model generated offline (``distcomp.graph.sbm``: 10,000 vertices,
+Graph: a stochastic block model generated offline (``distcomp.gnn.graph.sbm``: 10,000 vertices,
 8 blocks, average degree 10, 80% of edges inside a block, noisy block-mean features); model:
 ``deep_gcn`` (encoder, L residual GCN layers of width 64, head); Adam, a fixed number of
 full-graph epochs, same seed in every mode. Modes: ``single`` (1 process), ``graph_parallel``

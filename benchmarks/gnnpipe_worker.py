@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from distcomp.gnn_layers import deep_gcn
-from distcomp.gnnpipe import GNNPipe
-from distcomp.graph import partition, sbm
-from distcomp.graph_parallel import GraphParallel
-from distcomp.halo import HaloPlan
+from distcomp.gnn.graph import partition, sbm
+from distcomp.gnn.graph_parallel import GraphParallel
+from distcomp.gnn.halo import HaloPlan
+from distcomp.gnn.layers import deep_gcn
+from distcomp.gnn.pipeline import GNNPipe
 
 MODES = ("single", "graph_parallel", "pipeline", "hybrid")
 

@@ -122,7 +122,7 @@ def arm_options(arm: str, args, workload) -> dict:
 def torch_start_iter(dense: int | None = None) -> int:
     """torch's start_powerSGD_iter for the comparison: ``dense`` steps (default: our default
     dense warm-up), but at least 2, the least torch accepts with error feedback and warm start."""
-    from distcomp.config import CompressionConfig
+    from distcomp.compression.config import CompressionConfig
 
     return max(2, CompressionConfig().warmup_steps if dense is None else dense)
 
@@ -145,7 +145,7 @@ def register_torch_hook(model: DDP, name: str, rank: int | None = None,
         raise ValueError(f"{name!r} is not one of torch's hooks {TORCH_HOOKS}")
     from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
 
-    from distcomp.config import CompressionConfig
+    from distcomp.compression.config import CompressionConfig
 
     state = ps.PowerSGDState(None, matrix_approximation_rank=rank or CompressionConfig().rank,
                              start_powerSGD_iter=torch_start_iter(dense))
@@ -188,8 +188,8 @@ class NodeAverage:
     def __init__(self, model: DDP):
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-        from distcomp.hierarchical import node_groups
-        from distcomp.topology import resolve
+        from distcomp.compression.hierarchical import node_groups
+        from distcomp.compression.topology import resolve
 
         topo, _ = resolve(dist.get_rank(), dist.get_world_size())
         self.group, _, self.groups = node_groups(topo)

@@ -18,8 +18,8 @@ import torch
 
 from benchmarks.common import environment, write_json
 from distcomp import CompressionConfig
-from distcomp.lgreco import LGreCo, LGreCoConfig
-from distcomp.planner import solve
+from distcomp.compression.lgreco import LGreCo, LGreCoConfig
+from distcomp.compression.planner import solve
 
 SHAPES = [(256, 256), (768, 256), (1024, 256), (256, 1024)]
 

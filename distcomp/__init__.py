@@ -3,10 +3,15 @@
 Algorithms live here (tensor math, reducers, planners); :mod:`distcomp.hooks` adapts them to DDP.
 """
 
-from distcomp.compressor import Compressor, GatherCompressor, compressor_names, get_compressor
-from distcomp.config import CompressionConfig
+from distcomp.compression.compressor import (
+    Compressor,
+    GatherCompressor,
+    compressor_names,
+    get_compressor,
+)
+from distcomp.compression.config import CompressionConfig
+from distcomp.compression.reducer import CompressedReducer
 from distcomp.ledger import ByteLedger
-from distcomp.reducer import CompressedReducer
 
 __all__ = [
     "ByteLedger",

@@ -24,12 +24,12 @@ import torch.distributed as dist
 from torch import nn
 
 from distcomp.comm import TorchComm, check_same
-from distcomp.hierarchical import HierarchicalReducer, build
+from distcomp.compression.hierarchical import HierarchicalReducer, build
+from distcomp.compression.lgreco import LGreCoConfig
+from distcomp.compression.options import parse_options, settings_of, trainable
+from distcomp.compression.reducer import CompressedReducer
+from distcomp.compression.topology import agree, check_topology_options
 from distcomp.ledger import ByteLedger
-from distcomp.lgreco import LGreCoConfig
-from distcomp.options import parse_options, settings_of, trainable
-from distcomp.reducer import CompressedReducer
-from distcomp.topology import agree, check_topology_options
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 100  # steps between the INFO lines of bytes and ratio (rank 0, logger "distcomp")
@@ -47,25 +47,25 @@ class CompressionState:
     Args:
       model: the DDP model (or the module it wraps); parameter names key all per-tensor state,
         so state survives DDP rebuilding its buckets and loads into a fresh process.
-      method, **options: see :class:`distcomp.config.CompressionConfig` (rank, density, bits,
-        error_feedback, min_compression_rate, warmup_steps, seed, timeout_s, ...).
+      method, **options: see :class:`distcomp.compression.config.CompressionConfig` (rank,
+        density, bits, error_feedback, min_compression_rate, warmup_steps, seed, timeout_s, ...).
       process_group: group for the compressed collectives; default: a new group over all ranks
         (created at binding, destroyed by :meth:`close`).
-      lgreco: an :class:`~distcomp.lgreco.LGreCoConfig` (or a dict of its fields) to re-plan
-        every layer's setting adaptively with the uniform setting as the error budget; None
+      lgreco: an :class:`~distcomp.compression.lgreco.LGreCoConfig` (or a dict of its fields) to
+        re-plan every layer's setting adaptively with the uniform setting as the error budget; None
         (default) keeps the uniform setting. See :class:`distcomp.hooks.lgreco.LGreCoState`.
       hierarchical: average in three stages, dense inside each node and compressed only across
-        nodes (:mod:`distcomp.hierarchical`). None (default): on where the launcher's
+        nodes (:mod:`distcomp.compression.hierarchical`). None (default): on where the launcher's
         environment (or ``ranks_per_node``) shows several nodes of several ranks, off
         otherwise and with a ``process_group`` of the user's; True insists (an error where the
         world has one node, or one rank per node).
       ranks_per_node: ranks on each node; None: from torchrun, SLURM or Open MPI's
-        environment (:mod:`distcomp.topology`), one per node where none says.
+        environment (:mod:`distcomp.compression.topology`), one per node where none says.
 
     Fields:
       config: the validated configuration.
-      reducer: the :class:`~distcomp.reducer.CompressedReducer` holding residuals, warm-start Qs,
-        the RNG and the byte ledger.
+      reducer: the :class:`~distcomp.compression.reducer.CompressedReducer` holding residuals,
+        warm-start Qs, the RNG and the byte ledger.
       step: optimizer steps seen (incremented after the last bucket of each backward; backward
         passes under ``no_sync()`` call no hook and do not count).
       process_group: the group the compressed collectives run on (None until bound).
@@ -277,7 +277,7 @@ def compression_hook(
 
     1. Name every gradient of the bucket by its parameter (views into the bucket buffer).
     2. Hand the bucket to the state's communication thread; there the reducer runs the
-       collectives (see :mod:`distcomp.reducer`) and writes averages into the buffer.
+       collectives (see :mod:`distcomp.compression.reducer`) and writes averages into the buffer.
     3. Complete the returned future with the buffer (or the error, e.g. a collective timeout).
     """
     if not state.bound:

@@ -10,7 +10,7 @@ inside ``engine.no_sync()``. Two lines after ``deepspeed.initialize``::
     register_deepspeed_hook(engine, state)
 
 route that call to :func:`deepspeed_hook`, which averages every parameter's ``.grad`` over the
-engine's data-parallel group with :class:`~distcomp.reducer.CompressedReducer` (the same
+engine's data-parallel group with :class:`~distcomp.compression.reducer.CompressedReducer` (the same
 compression, error feedback, inf/NaN fallback, L-GreCo planning and byte ledger as the DDP hook).
 DeepSpeed then clips, unscales and steps exactly as it would have.
 
@@ -33,9 +33,9 @@ from __future__ import annotations
 from typing import Any
 
 from distcomp.comm import TorchComm
+from distcomp.compression.lgreco import LGreCoConfig
+from distcomp.compression.options import parse_options
 from distcomp.hooks.param_state import ParameterCompression
-from distcomp.lgreco import LGreCoConfig
-from distcomp.options import parse_options
 
 
 class DeepSpeedCompression(ParameterCompression):
@@ -44,10 +44,10 @@ class DeepSpeedCompression(ParameterCompression):
     Args:
       engine: the engine returned by ``deepspeed.initialize`` (checked here: see the module
         docstring for what is supported).
-      method, **options: see :class:`distcomp.config.CompressionConfig` (rank, density, bits,
-        error_feedback, warmup_steps, seed, timeout_s, ...).
-      lgreco: an :class:`~distcomp.lgreco.LGreCoConfig` or dict to plan per-layer settings
-        adaptively; None keeps the uniform setting.
+      method, **options: see :class:`distcomp.compression.config.CompressionConfig` (rank,
+        density, bits, error_feedback, warmup_steps, seed, timeout_s, ...).
+      lgreco: an :class:`~distcomp.compression.lgreco.LGreCoConfig` or dict to plan per-layer
+        settings adaptively; None keeps the uniform setting.
 
     Fields: those of :class:`~distcomp.hooks.param_state.ParameterCompression`; the comm is the
     engine's data-parallel group. DeepSpeed's ``client_state`` is written by rank 0 only at

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from distcomp.comm import CollectiveTimeout
+from distcomp.compression.lgreco import LGreCoConfig
+from distcomp.compression.options import parse_options
 from distcomp.hooks.param_state import ParameterCompression
-from distcomp.lgreco import LGreCoConfig
-from distcomp.options import parse_options
 
 
 class _HorovodHandle:
@@ -83,8 +83,8 @@ class HorovodCompression(ParameterCompression):
 
     Args:
       model: the module whose trainable parameters are averaged (names key per-tensor state).
-      method, **options: see :class:`distcomp.config.CompressionConfig`.
-      lgreco: an :class:`~distcomp.lgreco.LGreCoConfig` or dict for adaptive per-layer
+      method, **options: see :class:`distcomp.compression.config.CompressionConfig`.
+      lgreco: an :class:`~distcomp.compression.lgreco.LGreCoConfig` or dict for adaptive per-layer
         settings; None keeps the uniform setting.
       hvd: the ``horovod.torch`` module (imported here when None); ``hvd.init()`` must have run.
 

@@ -12,16 +12,16 @@ total compression error stays <= alpha x what the uniform setting would cause.
 
 from torch import nn
 
+from distcomp.compression.lgreco import LGreCoConfig
 from distcomp.hooks.ddp import CompressionState, compression_hook
-from distcomp.lgreco import LGreCoConfig
 
 
 class LGreCoState(CompressionState):
     """:class:`~distcomp.hooks.ddp.CompressionState` with adaptive planning on by default.
 
-    lgreco: :class:`~distcomp.lgreco.LGreCoConfig` or a dict of its fields (warmup_steps,
-    period, window, alpha, error_measure, gamma, beta, topk_span, topk_points, qsgd_bits,
-    bins). Everything else (process_group, rank, timeout_s, ...) as for CompressionState.
+    lgreco: :class:`~distcomp.compression.lgreco.LGreCoConfig` or a dict of its fields
+    (warmup_steps, period, window, alpha, error_measure, gamma, beta, topk_span, topk_points,
+    qsgd_bits, bins). Everything else (process_group, rank, timeout_s, ...) as for CompressionState.
     """
 
     def __init__(self, model: nn.Module, method: str = "powersgd", *,

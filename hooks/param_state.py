@@ -6,11 +6,11 @@ from __future__ import annotations
 from torch import nn
 
 from distcomp.comm import Comm, check_same
-from distcomp.config import CompressionConfig
+from distcomp.compression.config import CompressionConfig
+from distcomp.compression.lgreco import LGreCoConfig
+from distcomp.compression.options import settings_of, trainable
+from distcomp.compression.reducer import CompressedReducer
 from distcomp.ledger import ByteLedger
-from distcomp.lgreco import LGreCoConfig
-from distcomp.options import settings_of, trainable
-from distcomp.reducer import CompressedReducer
 
 
 class ParameterCompression:
@@ -67,7 +67,7 @@ class ParameterCompression:
 
     def reduce(self, module: nn.Module) -> None:
         """Average every trainable parameter's ``.grad`` over the ranks, compressed, in place
-        (see :meth:`~distcomp.reducer.CompressedReducer.reduce_parameters`)."""
+        (see :meth:`~distcomp.compression.reducer.CompressedReducer.reduce_parameters`)."""
         if self.closed:
             raise RuntimeError(f"this {type(self).__name__} is closed; build a new one")
         self.reducer.reduce_parameters(dict(module.named_parameters()), self.names, self.comm,

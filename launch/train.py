@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from distcomp.checkpoint import latest, load_rank, save_rank
 from distcomp.co2 import CO2, CO2Config
 from distcomp.comm import wait_work
-from distcomp.config import METHODS, CompressionConfig
+from distcomp.compression.config import METHODS, CompressionConfig
 from distcomp.hooks import CompressionState, LGreCoState, compression_hook, local_hook
 from distcomp.workloads.teacher import TeacherTask
 

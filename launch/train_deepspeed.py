@@ -32,7 +32,7 @@ from train import (
     run_guarded,
 )
 
-from distcomp.config import CompressionConfig
+from distcomp.compression.config import CompressionConfig
 
 COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from train import MOMENTUM, comm_options, parse_into, print_epoch
 
-from distcomp.config import CompressionConfig
+from distcomp.compression.config import CompressionConfig
 from distcomp.workloads.teacher import TeacherTask
 
 COMMS = ("none", "fp16", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk",

@@ -14,11 +14,11 @@ from __future__ import annotations
 import pytest
 
 LONGEST_FIRST = (
-    "tests/slurm/", "tests/benchmarks/test_netbench.py", "tests/distcomp/test_co2.py",
+    "tests/slurm/", "tests/benchmarks/test_netbench.py", "tests/distcomp/co2/test_optimizer.py",
     "tests/launch/test_train.py", "tests/benchmarks/test_badinputs.py",
     "tests/hooks/test_deepspeed.py", "tests/benchmarks/test_gnnpipe_bench.py",
     "tests/benchmarks/test_data_benchmarks.py", "tests/hooks/test_ddp.py",
-    "tests/distcomp/test_gnnpipe.py", "tests/data_compress/test_mpi.py",
+    "tests/distcomp/gnn/test_pipeline.py", "tests/data_compress/test_mpi.py",
     "tests/hooks/test_multibucket.py", "tests/benchmarks/test_soak.py",
     "tests/data_compress/test_cli.py", "tests/test_docs_commands.py",
     "tests/launch/test_frameworks.py",

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 _CTX = mp.get_context("forkserver")
-_CTX.set_forkserver_preload(["torch", "torch.distributed", "distcomp.reducer", "distcomp.hooks",
-                             "tests.models"])
+_CTX.set_forkserver_preload(["torch", "torch.distributed", "distcomp.compression.reducer",
+                             "distcomp.hooks", "tests.models"])
 
 
 def free_port() -> int:

@@ -11,6 +11,10 @@ function counts too):
 - ``launch/``: the installed package and its own siblings, never ``benchmarks``;
 - ``benchmarks/``: never ``launch``.
 
+Inside ``distcomp/`` the groups depend one way too: the shared modules at its top (comm, ledger,
+checkpoint, knobs) on no group; ``gnn`` and ``workloads`` on neither compression nor CO2;
+``compression`` not on CO2 or GNN (CO2 may use compression, to compress its outer average).
+
 No file anywhere mutates ``sys.path``, and nothing imports the top-level names ``hooks`` or
 ``data_compress`` (they exist in the source tree only as the folders mapped into ``distcomp``).
 """
@@ -34,6 +38,14 @@ FORBIDDEN = {
     "launch": ("benchmarks", "tests"),
     "benchmarks": ("launch", "tests"),
     "tests": ("launch",),
+}
+GROUPS = ("distcomp.compression", "distcomp.co2", "distcomp.gnn")
+INSIDE = {  # path prefix inside distcomp/ -> the groups it may not import
+    "distcomp/compression/": ("distcomp.co2", "distcomp.gnn"),
+    "distcomp/co2/": ("distcomp.gnn",),
+    "distcomp/gnn/": ("distcomp.compression", "distcomp.co2"),
+    "distcomp/workloads/": GROUPS,
+    **{f"distcomp/{m}.py": GROUPS for m in ("comm", "ledger", "checkpoint", "knobs")},
 }
 
 
@@ -74,6 +86,8 @@ def violations() -> list[str]:
             rel = path.relative_to(REPO)
             for line, name in imported_modules(path):
                 bad = [p for p in FORBIDDEN[folder] if _under(name, p)]
+                bad += [p for prefix, group in INSIDE.items() if str(rel).startswith(prefix)
+                        for p in group if _under(name, p)]
                 if folder != "launch" and launch_sibling(name):
                     bad.append("launch (a script imported by its module name)")
                 if _under(name, "hooks") or _under(name, "data_compress"):
@@ -91,12 +105,17 @@ def test_the_walk_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
     bad = REPO / "distcomp" / "_layout_probe.py"
     bad.write_text("def f():\n    from benchmarks.common import write_json\n"
                    "    from .hooks import x\n")
+    gnn = REPO / "distcomp" / "gnn" / "_layout_probe.py"
+    gnn.write_text("def f():\n    from ..compression import reducer\n")
     try:
         found = violations()
     finally:
         bad.unlink()
+        gnn.unlink()
     assert any("_layout_probe.py:2: imports benchmarks.common" in v for v in found)
     assert any("_layout_probe.py:3: imports distcomp.hooks" in v for v in found)
+    assert "distcomp/gnn/_layout_probe.py:2: imports distcomp.compression: distcomp.compression" \
+        in found
 
 
 def test_no_file_edits_sys_path():
@@ -130,7 +149,7 @@ def test_the_wheel_installs_only_the_distcomp_namespace(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"distcomp", next(t for t in tops if t.endswith(".dist-info"))}, tops
     for module in ("distcomp/hooks/ddp.py", "distcomp/data/cli.py",
-                   "distcomp/workloads/teacher.py", "distcomp/lgreco.py"):
+                   "distcomp/workloads/teacher.py", "distcomp/compression/lgreco.py"):
         assert module in names
     info = next(n for n in names if n.endswith("entry_points.txt"))
     entry = zipfile.ZipFile(wheel).read(info).decode()

@@ -284,7 +284,7 @@ def test_co2_arms_record_mean_step_time_clock_and_overlap(tmp_path):
     recs = {r["arm"]: r for r in payload["results"]}
     assert all(r["status"] == "ok" for r in recs.values()), recs
     dense = recs["co2"]["dense_bytes"]
-    for arm, width in (("co2", 4), ("co2_bf16", 2)):  # diloco: tests/distcomp/test_co2.py
+    for arm, width in (("co2", 4), ("co2_bf16", 2)):  # diloco: tests/distcomp/co2/test_optimizer.py
         # rounds end at steps 1, 3, 5, 7: all four inside the 8 timed steps, one copy each
         assert recs[arm]["ledger_bytes_per_step"] == pytest.approx(width * dense / 8, rel=0.01)
         assert recs[arm]["mean_step_time_s"] > 0 and recs[arm]["wall_step_time_s"] > 0

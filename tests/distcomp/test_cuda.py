@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from benchmarks.compressors import SETTINGS, one_round
-from distcomp.bitpack import pack_bits, unpack_bits
-from distcomp.compressor import get_compressor
+from distcomp.compression.bitpack import pack_bits, unpack_bits
+from distcomp.compression.compressor import get_compressor
 
 # DISTCOMP_TEST_DEVICE=cpu runs these on the CPU against itself: a dry run of the test code
 DEV = os.environ.get("DISTCOMP_TEST_DEVICE", "cuda")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.distcomp.gnn.test_pipeline import _losses, _reference_losses
 from tests.distcomp.test_cuda import DEV
-from tests.distcomp.test_gnnpipe import _losses, _reference_losses
 from tests.multiproc import run_ranks
 
 pytestmark = pytest.mark.skipif(

@@ -146,7 +146,7 @@ def test_compression_stats_hold_the_dense_baseline_and_the_ratio():
 
 
 def test_options_the_method_ignores_are_logged(caplog):
-    from distcomp.options import parse_options
+    from distcomp.compression.options import parse_options
 
     with caplog.at_level(logging.WARNING, logger="distcomp"):
         parse_options("powersgd", {"density": 0.1, "rank": 2})

@@ -10,8 +10,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distcomp.co2 import CO2
-from distcomp.hierarchical import deal
-from tests.distcomp.test_co2 import _local_ddp, _make, _train
+from distcomp.compression.hierarchical import deal
+from tests.distcomp.co2.test_optimizer import _local_ddp, _make, _train
 from tests.models import mlp
 from tests.multiproc import run_ranks
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from distcomp.comm import model_fingerprint
-from distcomp.config import CompressionConfig, ignored_options
-from distcomp.lgreco import LGreCoConfig
+from distcomp.compression.config import CompressionConfig, ignored_options
+from distcomp.compression.lgreco import LGreCoConfig
 
 log = logging.getLogger(__name__)
 

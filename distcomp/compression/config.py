@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from distcomp.accordion import default_gentle
-from distcomp.compressor import Compressor, get_compressor
+from distcomp.compression.accordion import default_gentle
+from distcomp.compression.compressor import Compressor, get_compressor
 
 METHODS = ("powersgd", "topk", "qsgd")
 
@@ -39,12 +39,13 @@ class CompressionConfig:
         gradients they see: started on compressed ones, Adam's second moments are too small
         for the coordinates a low-rank or sparse gradient misses (see README, "Defaults").
     momentum: top-k only: momentum correction and momentum-factor masking (Deep Gradient
-        Compression; :mod:`distcomp.dgc`) for an optimizer ``SGD(momentum=m)``: set it to m.
+        Compression; :mod:`distcomp.compression.dgc`) for an optimizer ``SGD(momentum=m)``:
+        set it to m.
         0 (default) is plain error feedback, right for Adam and plain SGD.
     density_warmup_steps: top-k only: after ``warmup_steps``, the density starts at 25% and
         falls exponentially to ``density`` over this many steps (DGC's sparsity warm-up).
     accordion: switch every compressed layer between a gentle setting in critical regimes
-        and the user's setting elsewhere (:mod:`distcomp.accordion`).
+        and the user's setting elsewhere (:mod:`distcomp.compression.accordion`).
     accordion_interval: steps between regime decisions (>= 1).
     accordion_threshold: relative change of a layer's gradient norm between two intervals
         that marks a critical regime (> 0).

@@ -44,15 +44,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.amp.grad_scaler import OptState
 
-from distcomp.co2_config import WIRE_DTYPES, CO2Config
-from distcomp.co2_node import NodeShare
+from distcomp.co2.config import WIRE_DTYPES, CO2Config
+from distcomp.co2.node import NodeShare
 from distcomp.comm import CollectiveTimeout, TorchComm, check_same, model_fingerprint, wait_work
-from distcomp.config import CompressionConfig
+from distcomp.compression.config import CompressionConfig
+from distcomp.compression.lgreco import LGreCoConfig
+from distcomp.compression.options import settings_of, trainable
+from distcomp.compression.reducer import CompressedReducer
+from distcomp.compression.topology import agree, check_topology_options
 from distcomp.ledger import ByteLedger
-from distcomp.lgreco import LGreCoConfig
-from distcomp.options import settings_of, trainable
-from distcomp.reducer import CompressedReducer
-from distcomp.topology import agree, check_topology_options
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class CO2:
       hierarchical, ranks_per_node: with several ranks on each of several nodes (from the
         launcher's environment, or ``ranks_per_node``), gradients are averaged inside each node
         every step and only the outer round crosses nodes, its state sharded over the node's
-        ranks (:mod:`distcomp.co2_node`); None (default): so wherever the world has that shape
+        ranks (:mod:`distcomp.co2.node`); None (default): so wherever the world has that shape
         and no ``process_group`` is given; False: flat.
       **options: :class:`CO2Config` fields.
 
@@ -379,7 +379,7 @@ class CO2:
     def _bind_node(self, hierarchical: bool | None, ranks_per_node: int | None
                    ) -> NodeShare | None:
         """The node-sharing half where the world is several nodes of several ranks and
-        ``hierarchical`` is not False (:mod:`distcomp.co2_node`); the same error on every rank
+        ``hierarchical`` is not False (:mod:`distcomp.co2.node`); the same error on every rank
         where the ranks disagree on the shape."""
         topo = agree(self.comm, hierarchical, ranks_per_node)
         return None if topo is None else \

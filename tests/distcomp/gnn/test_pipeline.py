@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from distcomp.gnn_layers import deep_gcn, forward_full
-from distcomp.gnnpipe import GNNPipe, stage_ranges
-from distcomp.graph import sbm
-from distcomp.graph_parallel import GraphParallel
-from distcomp.halo import HaloPlan
+from distcomp.gnn.graph import sbm
+from distcomp.gnn.graph_parallel import GraphParallel
+from distcomp.gnn.halo import HaloPlan
+from distcomp.gnn.layers import deep_gcn, forward_full
+from distcomp.gnn.pipeline import GNNPipe, stage_ranges
 from tests.multiproc import run_ranks
 
 N, LAYERS, HIDDEN = 600, 4, 16
@@ -89,7 +89,7 @@ def test_graph_parallel_ledger_matches_formula():
     """Every graph layer: the halo rows forward, their gradients back; one gradient all-reduce."""
     r0, r1 = run_ranks(_distributed, world=2, kind="gp", kw={})
     g = _graph()
-    from distcomp.graph import partition
+    from distcomp.gnn.graph import partition
 
     assign = partition(g, 2)
     params = sum(p.numel() for p in torch.nn.ModuleList(deep_gcn(8, HIDDEN, 4, LAYERS))
@@ -150,7 +150,7 @@ def test_hybrid_two_stages_by_two_partitions():
     assert results[1]["params"] == results[3]["params"]
     assert len({tuple(r["acc"].values()) for r in results}) == 1
     g = _graph()
-    from distcomp.graph import partition
+    from distcomp.gnn.graph import partition
 
     assign = partition(g, 2)
     for rank, r in enumerate(results):
@@ -187,7 +187,7 @@ def test_bad_configurations_raise_clear_errors():
 
 def test_pyg_convs_as_graph_layers():
     pyg = pytest.importorskip("torch_geometric.nn", reason="torch_geometric is not installed")
-    from distcomp.gnn_layers import PyGLayer
+    from distcomp.gnn.layers import PyGLayer
 
     g = _graph()
     torch.manual_seed(0)

@@ -35,9 +35,9 @@ import torch
 import torch.distributed as dist
 
 from distcomp.comm import Comm, TorchComm
+from distcomp.compression.reducer import CompressedReducer
+from distcomp.compression.topology import Topology
 from distcomp.ledger import ByteLedger
-from distcomp.reducer import CompressedReducer
-from distcomp.topology import Topology
 
 
 def deal(numels: list[int], load: list[int]) -> list[int]:

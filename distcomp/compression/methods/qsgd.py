@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from distcomp.bitpack import pack_bits, packed_nbytes, unpack_bits
-from distcomp.compressor import FP32_BYTES, GatherCompressor, bytes_as, register
+from distcomp.compression.bitpack import pack_bits, packed_nbytes, unpack_bits
+from distcomp.compression.compressor import FP32_BYTES, GatherCompressor, bytes_as, register
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distcomp.topology import Topology, declared, resolve
+from distcomp.compression.topology import Topology, declared, resolve
 
 
 @pytest.mark.parametrize("env,expected", [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from distcomp.graph import load_graph, load_planetoid, make_graph, partition, save_graph, sbm
+from distcomp.gnn.graph import load_graph, load_planetoid, make_graph, partition, save_graph, sbm
 
 
 def _dense_reference(g) -> torch.Tensor:

@@ -6,7 +6,7 @@ candidate setting the error it would cause and the bytes it would cost, and pick
 the combination that minimises total bytes while total error stays <= alpha x the total error
 of the user's uniform setting (the budget). Total error is by default that of the whole model
 gradient, sqrt(sum of squared layer errors); ``error_measure="layer_sum"`` sums the layer norms
-instead. See :mod:`distcomp.planner` for the solver.
+instead. See :mod:`distcomp.compression.planner` for the solver.
 
 Schedule (steps counted by the reducer): plans are made at steps warmup_steps + k * period.
 During the `window` steps before each plan, every compressed layer's compensated gradient
@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from distcomp.compressor import Compressor
-from distcomp.planner import solve
-from distcomp.powersgd import as_matrix, matrix_shape
+from distcomp.compression.compressor import Compressor
+from distcomp.compression.methods.powersgd import as_matrix, matrix_shape
+from distcomp.compression.planner import solve
 
 QSGD_BITS = (2, 3, 4, 6, 8)
 ERROR_MEASURES = ("gradient", "layer_sum", "relative")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from distcomp import CompressedReducer, CompressionConfig
-from distcomp.accordion import Accordion, default_gentle
-from distcomp.compressor import get_compressor
+from distcomp.compression.accordion import Accordion, default_gentle
+from distcomp.compression.compressor import get_compressor
 from tests.multiproc import run_ranks
 
 

@@ -23,7 +23,7 @@ layer whose gradient has settled is compressed hard while another still moves.
 
 Units: ``interval`` in optimizer steps; ``threshold`` a fraction; settings as the method's knob
 (PowerSGD rank, top-k density, QSGD bits). With L-GreCo the per-layer choice here is the error
-budget the planner must meet (see :mod:`distcomp.lgreco`).
+budget the planner must meet (see :mod:`distcomp.compression.lgreco`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from distcomp.compressor import Compressor
+from distcomp.compression.compressor import Compressor
 
 
 def default_gentle(comp: Compressor, setting: float) -> float:
@@ -49,7 +49,8 @@ def default_gentle(comp: Compressor, setting: float) -> float:
 class Accordion:
     """Regime state of one process. Fields:
 
-    interval, threshold: see :class:`~distcomp.config.CompressionConfig` (``accordion_*``).
+    interval, threshold: see :class:`~distcomp.compression.config.CompressionConfig`
+        (``accordion_*``).
     gentle, aggressive: the two settings.
     acc: key -> sum of this rank's raw gradients over the current interval (fp32, gradient
         shape); only for layers the compressor can compress.

@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from distcomp import get_compressor
-from distcomp.powersgd import as_matrix, best_rank_error, orthogonalize, power_iteration
-from distcomp.qsgd import ALLOWED_BITS
+from distcomp.compression.methods.powersgd import (
+    as_matrix,
+    best_rank_error,
+    orthogonalize,
+    power_iteration,
+)
+from distcomp.compression.methods.qsgd import ALLOWED_BITS
 
 
 def randn(*shape, seed=0):

@@ -2,7 +2,7 @@
 single-process full-graph training).
 
 Every rank holds all layers and one partition of the vertices (METIS when available, see
-``distcomp.graph.partition``). At every graph layer it fetches its halo's embeddings from their
+``distcomp.gnn.graph.partition``). At every graph layer it fetches its halo's embeddings from their
 owners and, in the backward pass, returns the halo's gradients: full-graph training, exact,
 with (2L - 1) halo transfers per epoch for L graph layers (the first layer's backward sends
 nothing back to raw features). Parameter gradients are summed over ranks before the step, so
@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from distcomp.comm import wait_work
-from distcomp.gnn_layers import run_layers, wrap
-from distcomp.graph import Graph, partition
-from distcomp.halo import HaloPlan, PeerLink, exchange
+from distcomp.gnn.graph import Graph, partition
+from distcomp.gnn.halo import HaloPlan, PeerLink, exchange
+from distcomp.gnn.layers import run_layers, wrap
 from distcomp.ledger import CONTROL_KEY, ByteLedger
 
 
@@ -68,7 +68,7 @@ def reduce_grads(params: Sequence[nn.Parameter], ledger: ByteLedger, step: int,
 class GraphParallel:
     """Full-graph training with the vertices partitioned over the ranks of the default group.
 
-    modules: the model as a module list (see :mod:`distcomp.gnn_layers`), identical on every
+    modules: the model as a module list (see :mod:`distcomp.gnn.layers`), identical on every
     rank; graph: the whole graph, identical on every rank (kept on the CPU; this rank's rows,
     the modules and all buffers go to ``device``, default :func:`default_device`). Use
     ``parameters()`` for the optimizer; ``train_epoch(opt)`` runs one full-graph step and

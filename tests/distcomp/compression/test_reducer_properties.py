@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distcomp.comm import TorchComm
-from distcomp.config import CompressionConfig
-from distcomp.reducer import CompressedReducer
+from distcomp.compression.config import CompressionConfig
+from distcomp.compression.reducer import CompressedReducer
 
 SETTINGS = {"powersgd": ("rank", [1, 2, 4]), "topk": ("density", [0.01, 0.3, 1.0]),
             "qsgd": ("bits", [2, 4, 8, 16])}

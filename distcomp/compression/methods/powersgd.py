@@ -19,7 +19,7 @@ import zlib
 
 import torch
 
-from distcomp.compressor import FP32_BYTES, Compressor, register
+from distcomp.compression.compressor import FP32_BYTES, Compressor, register
 
 
 def matrix_shape(shape: torch.Size) -> tuple[int, int]:

@@ -26,14 +26,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from distcomp.accordion import Accordion
 from distcomp.comm import Comm
-from distcomp.compressor import FP32_BYTES, GatherCompressor
-from distcomp.config import CompressionConfig
-from distcomp.dgc import MomentumCorrection
+from distcomp.compression.accordion import Accordion
+from distcomp.compression.compressor import FP32_BYTES, GatherCompressor
+from distcomp.compression.config import CompressionConfig
+from distcomp.compression.dgc import MomentumCorrection
+from distcomp.compression.lgreco import LGreCo, LGreCoConfig
+from distcomp.compression.methods.powersgd import as_matrix, orthogonalize
 from distcomp.ledger import CONTROL_KEY, ByteLedger
-from distcomp.lgreco import LGreCo, LGreCoConfig
-from distcomp.powersgd import as_matrix, orthogonalize
 
 DENSITY_WARMUP_START = 0.25  # top-k's density at the start of its warm-up (DGC's first stage)
 
@@ -50,7 +50,7 @@ class CompressedReducer:
 
     Fields:
       config: the validated :class:`CompressionConfig`.
-      compressor: the method's :class:`~distcomp.compressor.Compressor`.
+      compressor: the method's :class:`~distcomp.compression.compressor.Compressor`.
       settings: per-key overrides of the uniform setting (L-GreCo writes its plan here).
       accordion: the critical-regime schedule (None with ``accordion=False``): each layer's
         gentle or aggressive setting, the baseline L-GreCo plans against.

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from distcomp.compressor import FP32_BYTES, GatherCompressor, bytes_as, register
+from distcomp.compression.compressor import FP32_BYTES, GatherCompressor, bytes_as, register
 
 INDEX_BYTES = 4
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distcomp.hierarchical import deal
+from distcomp.compression.hierarchical import deal
 from tests.multiproc import run_ranks
 
 SHAPES = {"a.weight": (64, 48), "a.bias": (64,), "b.weight": (40, 56), "c.weight": (96, 32)}
@@ -24,10 +24,10 @@ def grads_of(rank: int, step: int) -> dict[str, torch.Tensor]:
 def _three_stage(rank: int, world: int, method: str, setting: float) -> dict:
     import torch.distributed as dist
 
-    from distcomp.config import CompressionConfig
-    from distcomp.hierarchical import build
-    from distcomp.reducer import CompressedReducer
-    from distcomp.topology import Topology
+    from distcomp.compression.config import CompressionConfig
+    from distcomp.compression.hierarchical import build
+    from distcomp.compression.reducer import CompressedReducer
+    from distcomp.compression.topology import Topology
 
     knob = {"powersgd": "rank", "topk": "density"}[method]
     config = CompressionConfig(method=method, **{knob: setting}, warmup_steps=0,
@@ -89,7 +89,7 @@ def reference(compress) -> list[dict[str, torch.Tensor]]:
 
 def powersgd_reference(rank: int) -> list[dict[str, torch.Tensor]]:
     """Rank-r PowerSGD: one shared P, warm-started Q."""
-    from distcomp.powersgd import PowerSGD, orthogonalize
+    from distcomp.compression.methods.powersgd import PowerSGD, orthogonalize
 
     comp = PowerSGD()
     qs = {k: comp.initial_q(torch.Size(s), rank, 0, k) for k, s in SHAPES.items() if len(s) == 2}
@@ -105,7 +105,7 @@ def powersgd_reference(rank: int) -> list[dict[str, torch.Tensor]]:
 
 def topk_reference(density: float) -> list[dict[str, torch.Tensor]]:
     """Top-k of each node's input, summed."""
-    from distcomp.topk import TopK
+    from distcomp.compression.methods.topk import TopK
 
     def compress(k, xs):
         kept = []

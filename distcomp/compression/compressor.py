@@ -126,7 +126,7 @@ def compressor_names() -> list[str]:
 def get_compressor(name: str, **kwargs) -> Compressor:
     """Instantiate a compressor by registry name; unknown names raise ``ValueError``."""
     # Importing the modules fills the registry.
-    from distcomp import powersgd, qsgd, topk  # noqa: F401
+    from distcomp.compression.methods import powersgd, qsgd, topk  # noqa: F401
 
     if name not in _REGISTRY:
         raise ValueError(f"unknown compressor {name!r}; choose from {compressor_names()}")

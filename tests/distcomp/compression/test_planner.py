@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from distcomp.planner import solve
+from distcomp.compression.planner import solve
 
 
 def brute_force(bytes_, errors, fits):

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distcomp.bitpack import pack_bits, packed_nbytes, unpack_bits
+from distcomp.compression.bitpack import pack_bits, packed_nbytes, unpack_bits
 
 BITS = [1, 2, 3, 4, 5, 6, 7, 8, 16, 32]
 

@@ -23,7 +23,7 @@ backward passes run independently. With one chunk and one partition nothing is s
 pipeline computes exactly full-graph training.
 
 Convergence. Staleness hurts a plain deep GCN most, so the default model
-(``distcomp.gnn_layers.deep_gcn``) uses residual GCN layers with LayerNorm: the identity path
+(``distcomp.gnn.layers.deep_gcn``) uses residual GCN layers with LayerNorm: the identity path
 carries each vertex's own fresh embedding, and the normalised branch bounds how far a stale
 neighbour row can move an output. GCNII's initial residual (PyG's GCN2Conv) works too: the
 first graph layer's input rows then travel with the activations, which doubles the bytes per
@@ -48,10 +48,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from distcomp.gnn_layers import apply, is_graph_layer, run_layers, uses_x0, wrap
-from distcomp.graph import Graph, partition
-from distcomp.graph_parallel import all_reduce, default_device, reduce_grads, world
-from distcomp.halo import HaloPlan, PeerLink, exchange
+from distcomp.gnn.graph import Graph, partition
+from distcomp.gnn.graph_parallel import all_reduce, default_device, reduce_grads, world
+from distcomp.gnn.halo import HaloPlan, PeerLink, exchange
+from distcomp.gnn.layers import apply, is_graph_layer, run_layers, uses_x0, wrap
 from distcomp.ledger import CONTROL_KEY, ByteLedger
 
 EVAL_TAG, HALO_TAG = 1 << 20, 1 << 21  # above any chunk tag (chunks use 0 .. 2C-1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distcomp import get_compressor
-from distcomp.lgreco import (
+from distcomp.compression.lgreco import (
     LGreCo,
     LGreCoConfig,
     candidate_errors,

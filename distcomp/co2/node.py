@@ -2,14 +2,15 @@
 
 Local updating pays off on the slow inter-node link; inside a node the fast link can average
 gradients every step for free, and a node whose ranks step together is one larger replica
-with a smaller gradient noise. So with several ranks per node (:mod:`distcomp.topology`):
+with a smaller gradient noise. So with several ranks per node
+(:mod:`distcomp.compression.topology`):
 
   every step, before the inner optimizer: the gradients are averaged over the node's ranks
       (one dense all-reduce on the fast link), so the node's ranks take identical steps;
   every ``tau`` steps: the outer round of :class:`distcomp.co2.CO2` runs between nodes only,
       and is sharded: each parameter tensor is owned by one local rank (dealt by size, see
-      :func:`distcomp.hierarchical.deal`), which keeps that tensor's outer state (anchor, the
-      round's start, outer momentum, the previous average, the rounding residual) and
+      :func:`distcomp.compression.hierarchical.deal`), which keeps that tensor's outer state
+      (anchor, the round's start, outer momentum, the previous average, the rounding residual) and
       averages its pseudo-gradient with the same local rank on the other nodes;
   after a round: each owner's new parameters are shared with its node (a dense all-reduce of
       the owned tensors, zeros elsewhere), so the node's ranks stay identical.
@@ -24,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from distcomp.comm import TorchComm
-from distcomp.hierarchical import deal, node_groups, share_from_owners
+from distcomp.compression.hierarchical import deal, node_groups, share_from_owners
+from distcomp.compression.topology import Topology
 from distcomp.ledger import ByteLedger
-from distcomp.topology import Topology
 
 
 class NodeShare:
