@@ -9,6 +9,7 @@ import platform
 import signal
 import socket
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -43,6 +44,7 @@ NATIVE_ABORT = "terminate called"
 Python error before it, at a process group's teardown: a benchmark runs such a run once more
 (on a fresh port, ``RETRY_PORT_OFFSET`` up) and keeps the first attempt's error in the record."""
 RETRY_PORT_OFFSET = 500
+PEER_GRACE_S = 20.0  # how long the other ranks may run on after one failed
 
 
 def free_port() -> int:
@@ -54,7 +56,9 @@ def free_port() -> int:
 
 def spawn_ranks(target, world: int, args: tuple, timeout_s: float) -> list[int | None]:
     """Run ``target(rank, *args)`` in ``world`` spawned processes with one OpenMP thread each;
-    return their exit codes (None for one still running at ``timeout_s``, which is killed)."""
+    return their exit codes (None for one still running at ``timeout_s``, which is killed).
+    Once a rank has failed, the others get ``PEER_GRACE_S`` to finish and are then killed: they
+    would wait for it in the rendezvous or a collective until their own timeouts."""
     ctx = torch.multiprocessing.get_context("spawn")
     env = dict(os.environ)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -62,15 +66,21 @@ def spawn_ranks(target, world: int, args: tuple, timeout_s: float) -> list[int |
         procs = [ctx.Process(target=target, args=(r, *args)) for r in range(world)]
         for p in procs:
             p.start()
-        for p in procs:
-            p.join(timeout_s)
     finally:
         os.environ.clear()
         os.environ.update(env)
+    start, failed_at = time.monotonic(), None
+    while any(p.is_alive() for p in procs) and time.monotonic() - start < timeout_s:
+        if failed_at is None and any(p.exitcode for p in procs):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > PEER_GRACE_S:
+            break
+        time.sleep(0.2)
     codes = [p.exitcode for p in procs]
     for p in procs:
         if p.is_alive():
             p.kill()
+            p.join()
     return codes
 
 
