@@ -1,7 +1,8 @@
 """What the framework scripts (``train_lightning.py``, ``train_accelerate.py``) share: their
-flags, and the end of a run: the compression stats, closing the state, the one summary line
-(the shape of ``launch/train.py``'s per-epoch line) and the per-rank ``--log-json`` record the
-tests compare across ranks."""
+flags (``args.hook_options``: the timeout and the method options given, ``--density`` ...),
+and the end of a run: the compression stats, closing the state, the one summary line (the
+shape of ``launch/train.py``'s per-epoch line) and the per-rank ``--log-json`` record the tests
+compare across ranks."""
 
 from __future__ import annotations
 
@@ -10,25 +11,26 @@ import json
 
 import torch
 
+from distcomp.compression.flags import add_method_flags
+from distcomp.hooks import comm_names
+
 MOMENTUM = 0.9  # both scripts' SGD momentum
-
-
-def hook_options(comm: str) -> dict:
-    """CompressionState options for ``--comm``: a timeout on every collective, and for top-k
-    its momentum correction told the optimizer's momentum (what an SGD(momentum=m) user is told
-    to set)."""
-    return {"timeout_s": 120.0, **({"momentum": MOMENTUM} if comm == "topk" else {})}
+TIMEOUT_S = 120.0  # on every collective of the compression hook
 
 
 def parse_args(description: str, framework: str, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--comm", choices=("none", "powersgd", "topk", "qsgd"), default="powersgd",
+    p.add_argument("--comm", choices=("none", *comm_names()), default="powersgd",
                    help=f"none: {framework}'s own DDP all-reduce (default: %(default)s)")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.05,
                    help="SGD learning rate (default: %(default)s)")
     p.add_argument("--log-json", default="", help="write rank R's record to PATH.rankR")
-    return p.parse_args(argv)
+    knobs = add_method_flags(p)
+    args = p.parse_args(argv)
+    args.hook_options = {"timeout_s": TIMEOUT_S,
+                         **{k: getattr(args, k) for k in knobs if getattr(args, k) is not None}}
+    return args
 
 
 def finish(args: argparse.Namespace, framework: str, rank: int, model: torch.nn.Module,
@@ -49,4 +51,5 @@ def finish(args: argparse.Namespace, framework: str, rank: int, model: torch.nn.
         checksum = float(sum(q.detach().double().sum() for q in model.parameters()))
         with open(f"{args.log_json}.rank{rank}", "w") as f:
             json.dump({"losses": losses, "stats": stats, "checksum": checksum,
-                       "steps": None if state is None else state.step}, f)
+                       "steps": None if state is None else state.step,
+                       "config": None if state is None else state.config.to_dict()}, f)

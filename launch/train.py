@@ -39,18 +39,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from distcomp import CompressionConfig
 from distcomp.checkpoint import latest, load_rank, save_rank
 from distcomp.co2 import CO2, CO2Config
 from distcomp.comm import wait_work
-from distcomp.compression.config import METHODS, CompressionConfig
-from distcomp.hooks import CompressionState, LGreCoState, compression_hook, local_hook
+from distcomp.compression.flags import add_method_flags
+from distcomp.hooks import attach, comm_names, local_hook, method_options
 from distcomp.workloads.teacher import TeacherTask
 
-COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd",
-         "co2")
-
-
-MOMENTUM = 0.9  # the scripts' SGD momentum; top-k's momentum correction is told the same
+COMMS = ("none", *comm_names(), "co2")
+MOMENTUM = 0.9  # the scripts' SGD momentum (top-k's momentum correction reads it)
 WORKLOADS = ("teacher", "lm", "cnn", "resnet")
 
 
@@ -58,10 +56,7 @@ WORKLOADS = ("teacher", "lm", "cnn", "resnet")
 class Options:
     workload: str = "teacher"  # one of WORKLOADS
     comm: str = "none"  # one of COMMS; none = plain DDP all-reduce
-    rank: int = CompressionConfig.rank  # PowerSGD rank (the library's defaults)
-    density: float = CompressionConfig.density  # top-k density
-    bits: int = CompressionConfig.bits  # QSGD bits
-    warmup_steps: int = CompressionConfig.warmup_steps  # dense steps before compressing
+    warmup_steps: int = CompressionConfig().warmup_steps  # dense steps before compressing
     fixed_setting: bool = False  # one setting throughout: no Accordion schedule
     ranks_per_node: int = 0  # 0: from the launcher (torchrun, srun, mpirun); 1: flat reduction
     tau: int = 4  # CO2 local steps per outer round
@@ -80,8 +75,11 @@ class Options:
 
 
 def parse_into(cls, argv, description: str, comms) -> tuple:
-    """Parse ``--field-name`` flags of the dataclass ``cls`` (bools are switches) and check
-    ``--comm``; (options, parser) for further checks. Shared by the launch scripts."""
+    """Parse ``--field-name`` flags of the dataclass ``cls`` (bools are switches) and every
+    compression method's own options (``--rank``, ``--density``, ``--qsgd-norm``, ...: from the
+    registry, each at its method's default unless given), and check ``--comm``; (options,
+    parser) for further checks. The method options land in ``options.method_knobs`` (only
+    those given). Shared by the launch scripts."""
     parser = argparse.ArgumentParser(description=description)
     for f in fields(cls):
         flags = {"--" + f.name.replace("_", "-"), "--" + f.name}  # --local_rank (deepspeed)
@@ -89,14 +87,17 @@ def parse_into(cls, argv, description: str, comms) -> tuple:
             parser.add_argument(*sorted(flags), action="store_true")
         else:
             parser.add_argument(*sorted(flags), type=type(f.default), default=f.default)
-    opts = cls(**vars(parser.parse_args(argv)))
+    knobs = add_method_flags(parser)
+    parsed = vars(parser.parse_args(argv))
+    opts = cls(**{k: v for k, v in parsed.items() if k not in knobs})
+    opts.method_knobs = {k: parsed[k] for k in knobs if parsed[k] is not None}
     if opts.comm not in comms:
         parser.error(f"--comm must be one of {', '.join(comms)}, got {opts.comm!r}")
     try:  # the settings --comm will use, checked before the process group forms
-        method = opts.comm.removeprefix("lgreco-")
-        if method in METHODS:
-            CompressionConfig(method=method, **{k: v for k, v in comm_options(opts).items()
-                                                if k != "ranks_per_node"})
+        if opts.comm in comm_names():
+            method, options = method_options(opts.comm, **comm_options(opts))
+            CompressionConfig(method, **{k: v for k, v in options.items()
+                                         if k not in ("ranks_per_node", "lgreco")})
         elif opts.comm == "co2":
             CO2Config(tau=opts.tau, timeout_s=opts.timeout_s)
         else:  # the framework's own all-reduce: only the timeout
@@ -120,18 +121,15 @@ def parse_args(argv=None) -> Options:
 
 
 def comm_options(opts) -> dict:
-    """The hook's options from the command line: the method's own knob (rank, density or
-    bits; the others are not passed, so nothing is logged as ignored), the warm-up, the
-    schedule and the timeout, plus top-k's momentum correction set to the optimizer's momentum
-    (what a user of ``SGD(momentum=m)`` is told to do)."""
-    method = opts.comm.removeprefix("lgreco-")
+    """The hook's options from the command line: the method options given (``--rank`` ...;
+    those ``--comm``'s method does not read are logged as ignored), the warm-up, the schedule
+    and the timeout. What a method reads from the optimizer (top-k's momentum) is added by
+    :func:`distcomp.hooks.method_options`."""
     options = {"warmup_steps": opts.warmup_steps, "accordion": not opts.fixed_setting,
-               "timeout_s": opts.timeout_s}
+               "timeout_s": opts.timeout_s, **getattr(opts, "method_knobs", {})}
     if getattr(opts, "ranks_per_node", 0):  # else the launcher's environment says
         options["ranks_per_node"] = opts.ranks_per_node
-    own = {"powersgd": {"rank": opts.rank}, "qsgd": {"bits": opts.bits},
-           "topk": {"density": opts.density, "momentum": MOMENTUM}}
-    return {**options, **own.get(method, {})}
+    return options
 
 
 def print_epoch(tag: str, epoch: int, epochs: int, loss: float, sent: float, dense: int,
@@ -296,11 +294,8 @@ def train(opts: Options, rank: int, world: int) -> bool:
                   "averaged inside a node every step, outer rounds only between nodes",
                   flush=True)
     elif opts.comm != "none":
-        # distcomp: the two-line change (compressed gradient all-reduce)
-        method = opts.comm.removeprefix("lgreco-")
-        kind = LGreCoState if opts.comm.startswith("lgreco-") else CompressionState
-        state = kind(model, method, **comm_options(opts))
-        model.register_comm_hook(state, compression_hook)
+        # distcomp: the one-line change (compressed gradient all-reduce)
+        state = attach(model, opts.comm, optimizer=opt, **comm_options(opts))
         if rank == 0 and state.hier is not None:
             t = state.hier.topology
             print(f"train.py: averaging in three stages, {t.nodes} nodes x {t.ranks_per_node} "

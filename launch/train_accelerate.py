@@ -15,9 +15,9 @@ import time
 
 import torch
 from accelerate import Accelerator
-from framework_run import MOMENTUM, finish, hook_options, parse_args
+from framework_run import MOMENTUM, finish, parse_args
 
-from distcomp.hooks import CompressionState, compression_hook
+from distcomp.hooks import attach
 from distcomp.workloads.teacher import TeacherTask
 
 
@@ -32,8 +32,7 @@ def main(argv=None) -> int:
     model, opt = accelerator.prepare(model, opt)
     state = None
     if args.comm != "none":
-        state = CompressionState(model, args.comm, **hook_options(args.comm))  # distcomp
-        model.register_comm_hook(state, compression_hook)  # distcomp
+        state = attach(model, args.comm, optimizer=opt, **args.hook_options)  # distcomp
     losses = []
     start = time.perf_counter()
     for step in range(args.steps):

@@ -32,9 +32,10 @@ from train import (
     run_guarded,
 )
 
-from distcomp.compression.config import CompressionConfig
+from distcomp import CompressionConfig
+from distcomp.hooks import comm_names, method_options
 
-COMMS = ("none", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk", "lgreco-qsgd")
+COMMS = ("none", *comm_names())
 
 
 @dataclass
@@ -42,10 +43,7 @@ class Options:
     workload: str = "teacher"  # teacher | lm | cnn
     comm: str = "none"  # one of COMMS; none = DeepSpeed's own all-reduce
     zero_stage: int = 0
-    rank: int = CompressionConfig.rank
-    density: float = CompressionConfig.density
-    bits: int = CompressionConfig.bits
-    warmup_steps: int = CompressionConfig.warmup_steps
+    warmup_steps: int = CompressionConfig().warmup_steps
     fixed_setting: bool = False
     epochs: int = 3
     steps_per_epoch: int = 100
@@ -104,9 +102,8 @@ def train(opts: Options, rank: int, world: int) -> None:
     state = None
     if opts.comm != "none":
         # distcomp: the two-line change (compressed gradient averaging, ZeRO stage 0)
-        lgreco = {} if opts.comm.startswith("lgreco-") else None
-        state = DeepSpeedCompression(engine, opts.comm.removeprefix("lgreco-"),
-                                            lgreco=lgreco, **comm_options(opts))
+        method, options = method_options(opts.comm, opt, **comm_options(opts))
+        state = DeepSpeedCompression(engine, method, **options)
         register_deepspeed_hook(engine, state)
     device = engine.device
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -21,20 +21,17 @@ from pathlib import Path
 import torch
 from train import MOMENTUM, comm_options, parse_into, print_epoch
 
-from distcomp.compression.config import CompressionConfig
+from distcomp import CompressionConfig
+from distcomp.hooks import comm_names, method_options
 from distcomp.workloads.teacher import TeacherTask
 
-COMMS = ("none", "fp16", "powersgd", "topk", "qsgd", "lgreco-powersgd", "lgreco-topk",
-         "lgreco-qsgd")
+COMMS = ("none", "fp16", *comm_names())
 
 
 @dataclass
 class Options:
     comm: str = "none"  # one of COMMS
-    rank: int = CompressionConfig.rank
-    density: float = CompressionConfig.density
-    bits: int = CompressionConfig.bits
-    warmup_steps: int = CompressionConfig.warmup_steps
+    warmup_steps: int = CompressionConfig().warmup_steps
     fixed_setting: bool = False
     epochs: int = 3
     steps_per_epoch: int = 100
@@ -83,9 +80,8 @@ def train(opts: Options, hvd) -> None:
         sent = dense_bytes // 2 if opts.comm == "fp16" else dense_bytes
     else:
         # distcomp: the two-line change (compressed averaging over hvd.allreduce / allgather)
-        lgreco = {} if opts.comm.startswith("lgreco-") else None
-        state = HorovodCompression(model, opts.comm.removeprefix("lgreco-"),
-                                         lgreco=lgreco, **comm_options(opts))
+        method, options = method_options(opts.comm, opt, **comm_options(opts))
+        state = HorovodCompression(model, method, **options)
         opt = DistributedOptimizer(opt, state)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 

@@ -19,11 +19,11 @@ import time
 
 import lightning.pytorch as pl
 import torch
-from framework_run import MOMENTUM, finish, hook_options, parse_args
+from framework_run import MOMENTUM, finish, parse_args
 from lightning.pytorch.overrides.distributed import _register_ddp_comm_hook
 from lightning.pytorch.strategies import DDPStrategy
 
-from distcomp.hooks import CompressionState, compression_hook
+from distcomp.hooks import CompressionState, compression_hook, method_options
 from distcomp.workloads.teacher import TeacherTask
 
 
@@ -71,8 +71,11 @@ def main(argv=None) -> int:
     module = TeacherModule(task, args.lr)
     state = None
     if args.comm != "none":
-        # distcomp: built before the process group exists; binds on the first hook call
-        state = CompressionState(module, args.comm, **hook_options(args.comm))
+        # distcomp: built before the process group exists; binds on the first hook call; the
+        # optimizer the module will configure tells top-k its momentum
+        method, options = method_options(args.comm, module.configure_optimizers(),
+                                         **args.hook_options)
+        state = CompressionState(module, method, **options)
     cls = DDPStrategy if torch.cuda.is_available() else CPUHookDDPStrategy
     strategy = cls(process_group_backend="gloo", ddp_comm_state=state,  # distcomp: as torch's
                    ddp_comm_hook=compression_hook if state is not None else None)

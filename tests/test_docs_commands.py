@@ -50,7 +50,8 @@ TINY: dict[str, tuple] = {
         "test", "tests/launch/test_frameworks.py::test_lightning_ddp_strategy_takes_the_state_"
         "and_hook_unchanged", "the same command with --steps 40, beside --comm none"),
     "torchrun --nproc_per_node=2 launch/train_accelerate.py --comm powersgd": (
-        "test", "tests/launch/test_frameworks.py::test_accelerate_prepare_then_the_two_lines",
+        "test", "tests/launch/test_frameworks.py::"
+        "test_accelerate_prepare_then_attach_reads_the_wrapped_optimizer",
         "the same command with --steps 40, beside --comm none"),
     "torchrun --nproc_per_node=2 launch/train_deepspeed.py --comm powersgd": (
         "test", DEEPSPEED_TEST,

@@ -32,19 +32,6 @@ import math
 
 import torch
 
-from distcomp.compression.compressor import Compressor
-
-
-def default_gentle(comp: Compressor, setting: float) -> float:
-    """The gentle setting when the user names none: 4x the PowerSGD rank, 4x the top-k density
-    (at most 1), twice the QSGD bits (at most 8; settings of 8 bits or more go to 16)."""
-    if comp.name == "powersgd":
-        return 4 * int(setting)
-    if comp.name == "topk":
-        return min(1.0, 4 * float(setting))
-    bits = int(setting)
-    return min(8, 2 * bits) if bits < 8 else max(16, bits)
-
 
 class Accordion:
     """Regime state of one process. Fields:

@@ -1,5 +1,7 @@
-"""Momentum correction and momentum-factor masking for top-k (Deep Gradient Compression, Lin et
-al., ICLR 2018), behind an unchanged momentum-SGD optimizer.
+"""Deep Gradient Compression (Lin et al., ICLR 2018) for the methods that send a subset of each
+tensor's entries (top-k, random-k): momentum correction and momentum-factor masking behind an
+unchanged momentum-SGD optimizer, the density warm-up, and the options and L-GreCo grid those
+methods share (:class:`Sparsifier`).
 
 Why: with plain error feedback, an entry of the gradient that waits k steps in the residual is
 sent once, as a lump, and the optimizer's momentum then replays that lump for ~1/(1 - m) steps:
@@ -27,7 +29,15 @@ with the momentum it had.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import torch
+
+from distcomp.knobs import Knobs, knob
+
+log = logging.getLogger(__name__)
+DENSITY_WARMUP_START = 0.25  # the density at the start of the warm-up (DGC's first stage)
 
 
 class MomentumCorrection:
@@ -83,3 +93,79 @@ class MomentumCorrection:
     def load_state_dict(self, state: dict) -> None:
         self.velocity = {k: v.clone() for k, v in state["velocity"].items()}
         self.buffer = {k: v.clone() for k, v in state["buffer"].items()}
+
+
+@dataclass(frozen=True)
+class SparseOptions(Knobs):
+    """Options of a method that sends a subset of each tensor's entries (top-k, random-k).
+
+    density: fraction of entries sent, in (0, 1].
+    momentum: the momentum m of an optimizer ``SGD(momentum=m)``: its momentum correction and
+        momentum-factor masking (:class:`MomentumCorrection`). 0 (default) is plain error
+        feedback, right for Adam and plain SGD; ``distcomp.hooks.attach`` reads it from the
+        optimizer.
+    density_warmup_steps: after the dense warm-up the density starts at 25% and falls
+        exponentially to ``density`` over this many steps (DGC's sparsity warm-up).
+    """
+
+    density: float = knob(0.01, low=0.0, high=1.0, low_open=True)
+    momentum: float = knob(0.0, low=0.0, high=1.0, high_open=True, strict=True)
+    density_warmup_steps: int = knob(0, low=0, strict=True)
+
+
+@dataclass(frozen=True)
+class SparsePlan(Knobs):
+    """L-GreCo's density candidates: ``topk_points`` densities log-spaced in
+    [d / topk_span, d * topk_span] (capped at 1)."""
+
+    topk_span: float = knob(4.0, low=1.0, high=1e6, low_open=True)
+    topk_points: int = knob(9, low=1)
+
+
+class Sparsifier:
+    """What every sparsifying method shares, mixed into its :class:`Compressor` class:
+    momentum correction, the density warm-up, its gentle density and its L-GreCo grid."""
+
+    options: SparseOptions
+
+    @property
+    def momentum(self) -> float:
+        return self.options.momentum
+
+    def gentle(self, setting: float) -> float:
+        """4x the density, at most 1."""
+        return min(1.0, 4 * float(setting))
+
+    def scheduled(self, setting: float, steps_compressed: int) -> float:
+        """DGC's sparsity warm-up: from DENSITY_WARMUP_START down to ``setting``, exponentially
+        over ``density_warmup_steps`` steps after the dense warm-up (each layer scaled by the
+        same factor, so L-GreCo's and Accordion's ratios between layers are kept)."""
+        total = self.options.density_warmup_steps
+        if steps_compressed >= total:
+            return setting
+        factor = (DENSITY_WARMUP_START / self.options.density) ** (1.0 - steps_compressed / total)
+        return min(max(DENSITY_WARMUP_START, setting), setting * factor)
+
+    def candidates(self, uniform: float, shape: torch.Size, plan: SparsePlan) -> list[float]:
+        n = plan.topk_points
+        exps = [2 * i / (n - 1) - 1 for i in range(n)] if n > 1 else [0.0]  # symmetric in [-1, 1]
+        return [min(1.0, uniform * plan.topk_span**t) for t in exps]
+
+    @classmethod
+    def options_from_optimizer(cls, optimizer: torch.optim.Optimizer) -> dict:
+        """``momentum`` of a ``torch.optim.SGD`` with heavy-ball momentum; nothing for other
+        optimizers (Adam needs no correction). Nesterov or dampened momentum is not what the
+        correction models: logged, and left uncorrected."""
+        if not isinstance(optimizer, torch.optim.SGD):
+            return {}
+        groups = optimizer.param_groups
+        momenta = {float(g["momentum"]) for g in groups}
+        if len(momenta) > 1:
+            raise ValueError(f"the optimizer's parameter groups have different momenta "
+                             f"{sorted(momenta)}; momentum correction needs one: pass momentum=")
+        m = momenta.pop()
+        if m and any(g.get("nesterov") or g.get("dampening") for g in groups):
+            log.warning("distcomp: %s's momentum correction models heavy-ball SGD; with "
+                        "nesterov or dampening it is left off", cls.__name__)
+            return {}
+        return {"momentum": m} if m else {}

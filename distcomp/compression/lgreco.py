@@ -14,31 +14,28 @@ During the `window` steps before each plan, every compressed layer's compensated
 error table, one all-reduce averages it, and every rank solves the same problem on the same
 numbers, so all ranks adopt the identical plan (mismatched plans would mismatch collectives).
 
-Errors per candidate (of the windowed sum G):
-  PowerSGD rank r:  ||G - G_r||_F, the SVD tail, from the top singular values (exact SVD for
-                    small matrices, randomized subspace iteration for large ones);
-  top-k density d:  norm of all but the k largest entries (one sort serves every density);
-  QSGD b bits:      expected stochastic-rounding error, sqrt(sum (scale/L)^2 p (1 - p)),
-                    p the fractional level of each entry: deterministic, no sampling noise.
+Errors per candidate (of the windowed sum G) come from each method
+(:meth:`~distcomp.compression.compressor.Compressor.candidate_errors`): PowerSGD's SVD tail,
+top-k's dropped entries, QSGD's expected rounding error, ...
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import torch
 
-from distcomp.compression.compressor import Compressor
-from distcomp.compression.methods.powersgd import as_matrix, matrix_shape
+from distcomp.compression.compressor import Compressor, knob_owners, method_class, method_names
 from distcomp.compression.planner import solve
+from distcomp.knobs import Knobs, knob
 
-QSGD_BITS = (2, 3, 4, 6, 8)
 ERROR_MEASURES = ("gradient", "layer_sum", "relative")
 
 
-@dataclass(frozen=True)
-class LGreCoConfig:
+@dataclass(frozen=True, init=False)
+class LGreCoConfig(Knobs):
     """Knobs of the adaptive planner.
 
     warmup_steps: first plan at this step (before it: the uniform setting), or at the end of
@@ -58,53 +55,69 @@ class LGreCoConfig:
             gradient norm. For optimizers that rescale every coordinate (Adam), a layer's update
             direction is what its relative error perturbs, whatever its gradient's size: the
             absolute measure lets the planner starve layers whose gradients are small.
-    gamma, beta: PowerSGD candidate ranks are the integers in [ceil(gamma r), floor(beta r)].
-    topk_span, topk_points: top-k candidates: topk_points densities log-spaced in
-        [d / topk_span, d * topk_span] (capped at 1).
-    qsgd_bits: QSGD candidate bit widths.
     bins: resolution of the discretised error axis of the dynamic program.
+    plans: method name -> the knobs of its candidates (its class's ``Plan``: PowerSGD's
+        ``gamma``, ``beta``; top-k's ``topk_span``, ``topk_points``; QSGD's ``qsgd_bits``),
+        built from the flat keywords like the other fields and read as attributes too.
     """
 
-    warmup_steps: int = 50
-    period: int = 500
-    window: int = 5
-    alpha: float = 1.0
-    gamma: float = 0.5
-    beta: float = 2.0
-    topk_span: float = 4.0
-    topk_points: int = 9
-    qsgd_bits: tuple[int, ...] = QSGD_BITS
-    bins: int = 10000
-    error_measure: str = "gradient"
+    warmup_steps: int = knob(50, low=1)
+    period: int = knob(500, low=1)
+    window: int = knob(5, low=1)
+    alpha: float = knob(1.0, low=0.0, high=1e6, low_open=True)
+    bins: int = knob(10000, low=1)
+    error_measure: Literal["gradient", "layer_sum", "relative"] = "gradient"
+    plans: dict = field(default=None, metadata={"nested": True})
 
-    def __post_init__(self) -> None:
-        for name in ("period", "window", "topk_points", "bins"):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("warmup_steps", self.warmup_steps, low=self.window)
+    def __init__(self, plans: dict | None = None, **flat: Any):
+        shared = {f.name for f in fields(self)} - {"plans"}
+        owners = knob_owners("Plan")
+        unknown = sorted(k for k in flat if k not in shared and k not in owners)
+        if unknown:
+            raise ValueError(f"unknown L-GreCo options {unknown}")
+        if plans is None:
+            plans = {}
+            for name in method_names():
+                kind = method_class(name).Plan
+                if kind is not None:
+                    mine = {f.name for f in fields(kind)}
+                    plans[name] = kind(**{k: v for k, v in flat.items() if k in mine})
+        defaults = {f.name: f.default for f in fields(self) if f.name in shared}
+        for name, value in {**defaults, **{k: v for k, v in flat.items() if k in shared},
+                            "plans": plans}.items():
+            object.__setattr__(self, name, value)
+        self.__post_init__()
+
+    def __getattr__(self, name: str) -> Any:
+        # called only for names that are not fields: a method's candidate knob
+        if name.startswith("_") or name == "plans":
+            raise AttributeError(name)
+        for plan in object.__getattribute__(self, "plans").values():
+            if hasattr(plan, name):
+                return getattr(plan, name)
+        raise AttributeError(f"LGreCoConfig has no option {name!r}")
+
+    def check(self) -> None:
+        if self.warmup_steps < self.window:
+            raise ValueError(f"warmup_steps must be an integer >= window ({self.window}), "
+                             f"got {self.warmup_steps!r}")
         if self.window > self.period:
             raise ValueError(f"window ({self.window}) must be <= period ({self.period})")
-        for name, low in (("alpha", 0.0), ("gamma", 0.0), ("topk_span", 1.0), ("beta", 0.0)):
-            value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (ok and math.isfinite(value) and low < value <= 1e6):
-                raise ValueError(f"{name} must be a finite number in ({low}, 1e6], got {value!r}")
-        if self.beta < self.gamma:
-            raise ValueError(f"beta must be >= gamma ({self.gamma}), got {self.beta!r}")
-        if self.error_measure not in ERROR_MEASURES:
-            raise ValueError(f"error_measure must be one of {ERROR_MEASURES}, "
-                             f"got {self.error_measure!r}")
-        bits = tuple(self.qsgd_bits)
-        if not bits or any(b not in (2, 3, 4, 5, 6, 7, 8, 16, 32) for b in bits):
-            raise ValueError(f"qsgd_bits must be a non-empty subset of 2..8, 16, 32, got {bits}")
-        object.__setattr__(self, "qsgd_bits", tuple(sorted(set(bits))))
 
+    def plan_for(self, method: str) -> Knobs | None:
+        """The candidate knobs of ``method`` (None: it declares none)."""
+        return self.plans.get(method)
+
+    def to_dict(self) -> dict:
+        """Every knob flat: the planner's and each method's candidate knobs."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "plans"}
+        for plan in self.plans.values():
+            out.update(plan.to_dict())
+        return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> LGreCoConfig:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown L-GreCo options {sorted(unknown)}")
-        return cls(**{k: tuple(v) if k == "qsgd_bits" else v for k, v in d.items()})
+    def from_dict(cls, d: dict, what: str | None = None) -> LGreCoConfig:
+        return cls(**d)
 
 
 def total_error(errors: list[float], measure: str, norms: list[float] | None = None) -> float:
@@ -123,90 +136,12 @@ def relative(errors: list[float], norm: float | list[float]) -> list[float]:
     return [e / n if n > 0 else 0.0 for e, n in zip(errors, norms)]
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def candidates(comp: Compressor, cfg: LGreCoConfig, shape: torch.Size, uniform: float,
                min_rate: float) -> list[float]:
-    """Settings to choose from for one layer; only those that compress it, uniform included."""
-    if comp.name == "powersgd":
-        cap = min(matrix_shape(shape))
-        lo, hi = max(1, math.ceil(cfg.gamma * uniform)), min(cap, math.floor(cfg.beta * uniform))
-        opts: list[float] = list(range(lo, hi + 1))
-    elif comp.name == "topk":
-        n = cfg.topk_points
-        exps = [2 * i / (n - 1) - 1 for i in range(n)] if n > 1 else [0.0]  # symmetric in [-1, 1]
-        opts = [min(1.0, uniform * cfg.topk_span**t) for t in exps]
-    else:
-        opts = list(cfg.qsgd_bits)
-    opts = sorted({*opts, uniform})
+    """Settings to choose from for one layer (the method's, uniform included); only those that
+    compress it."""
+    opts = sorted({*comp.candidates(uniform, shape, cfg.plan_for(comp.name)), uniform})
     return [s for s in opts if comp.compresses(shape, s, min_rate)]
-
-
-def candidate_errors(comp: Compressor, g: torch.Tensor, settings: list[float]) -> list[float]:
-    """||g - C_s(g)|| for every setting s (see the module docstring for each family)."""
-    g = g.detach().float()
-    if comp.name == "powersgd":
-        m = as_matrix(g)
-        top = top_singular_values(m, int(max(settings))).double().pow(2)
-        total = float(m.double().pow(2).sum())
-        head = [0.0] + top.cumsum(0).tolist()  # head[r] = sum of the r largest s_i^2
-        return [math.sqrt(max(0.0, total - head[min(int(r), len(head) - 1)]))
-                if int(r) < min(m.shape) else 0.0 for r in settings]
-    if comp.name == "topk":
-        flat = g.reshape(-1)
-        total = float(flat.double().pow(2).sum())
-        ks = [comp.k_for(flat.numel(), d) for d in settings]
-        # only the largest max(k) magnitudes matter: a partial top-k, not a full sort
-        top = torch.topk(flat.abs(), max(ks), sorted=True).values.double().pow(2).cumsum(0)
-        return [math.sqrt(max(0.0, total - float(top[k - 1]))) for k in ks]
-    return qsgd_expected_errors(g, [int(b) for b in settings], comp.bucket_size, comp.norm)
-
-
-def top_singular_values(m: torch.Tensor, k: int, oversample: int = 8, iters: int = 4,
-                        seed: int = 0) -> torch.Tensor:
-    """The k largest singular values of m (n, m'). Exact (svdvals) for small matrices; for large
-    ones randomized subspace iteration (Halko et al. 2011) with a private generator, so the
-    caller's RNG stream is untouched: O(n m' (k + oversample) iters) instead of a full SVD."""
-    p = k + oversample
-    if min(m.shape) <= 2 * p:
-        return torch.linalg.svdvals(m)[:k]
-    gen = torch.Generator(device=m.device).manual_seed(seed)
-    q = torch.randn(m.shape[1], p, generator=gen, device=m.device, dtype=m.dtype)
-    for _ in range(iters):
-        y = torch.linalg.qr(m @ q).Q
-        q = torch.linalg.qr(m.t() @ y).Q
-    return torch.linalg.svdvals(m @ q)[:k]
-
-
-def qsgd_expected_errors(g: torch.Tensor, bits: list[int], bucket_size: int,
-                         norm: str) -> list[float]:
-    """sqrt(E||Q_b(g) - g||^2) of QSGD stochastic rounding for each bit width b, exactly: an
-    entry at fractional level p contributes (scale / L)^2 p (1 - p). The scales are shared by
-    every b, so they are computed once."""
-    x = g.reshape(-1).float()
-    nb = math.ceil(x.numel() / bucket_size)
-    padded = torch.zeros(nb * bucket_size, dtype=torch.float32, device=x.device)
-    padded[: x.numel()] = x
-    buckets = padded.view(nb, bucket_size)
-    scale = buckets.abs().amax(1) if norm == "max" else buckets.norm(dim=1)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    unit = buckets.abs_().div_(safe.unsqueeze(1))  # |x| / scale in [0, 1]
-    out = []
-    for b in bits:
-        levels = (1 << (b - 1)) - 1
-        y = unit * levels
-        p = y.sub_(y.floor())
-        per_bucket = p.mul_(1 - p).sum(1, dtype=torch.float64)
-        out.append(float((per_bucket * (safe.double() / levels) ** 2).sum().sqrt()))
-    return out
-
-
-def qsgd_expected_error(g: torch.Tensor, bits: int, bucket_size: int, norm: str) -> float:
-    """:func:`qsgd_expected_errors` for one bit width."""
-    return qsgd_expected_errors(g, [bits], bucket_size, norm)[0]
 
 
 class LGreCo:
@@ -292,7 +227,7 @@ class LGreCo:
         squeezing = [s for s in cs if self.comp.compresses(shape, s, self.min_rate)]
         if g is None or not squeezing:
             return [0.0] * len(cs)
-        measured = dict(zip(squeezing, candidate_errors(self.comp, g, squeezing)))
+        measured = dict(zip(squeezing, self.comp.candidate_errors(g, squeezing)))
         return [measured.get(s, 0.0) for s in cs]
 
     def cost_bytes(self, shape: torch.Size, setting: float) -> int:
@@ -353,7 +288,7 @@ class LGreCo:
 
     def state_dict(self) -> dict:
         return {
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "layers": {k: list(v) for k, v in self.layers.items()},
             "acc": {k: v.clone() for k, v in self.acc.items()},
             "plans": list(self.plans),

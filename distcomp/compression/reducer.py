@@ -9,12 +9,13 @@ Per bucket, with W ranks:
   1. Tensors that compression would not shrink (biases, norms, tiny layers) are fused into one
      dense fp32 all-reduce, with one extra element: the count of ranks whose bucket holds a
      non-finite value. It rides along the first collective, so agreement costs no extra round.
-  2. Compressed tensors get their error-feedback residual added, then
-       linear (PowerSGD): P = M Q joins the dense all-reduce; orth(P); Q = M^T P all-reduced;
-       gather (top-k, QSGD): encoded payloads are all-gathered alongside the dense all-reduce.
+  2. Compressed tensors get their error-feedback residual added, then the method runs its
+     collectives (:meth:`~distcomp.compression.compressor.Compressor.reduce`): its summable
+     payloads join that first all-reduce (PowerSGD's P = M Q), its byte payloads travel in an
+     all-gather beside it (top-k, QSGD), and it may run further rounds (PowerSGD's Q = M^T P).
   3. If any rank saw inf/NaN, every rank discards the compressed results and all-reduces the raw
-     bucket instead: AMP's GradScaler then sees the inf everywhere, and residuals and warm-start
-     Qs stay untouched (a NaN must never enter error-feedback memory).
+     bucket instead: AMP's GradScaler then sees the inf everywhere, and residuals and the
+     methods' memory stay untouched (a NaN must never enter error-feedback memory).
   4. Otherwise averages are written back and residuals updated: residual = input - C(input),
      where C is this rank's own compressed contribution.
 """
@@ -28,14 +29,11 @@ import torch
 
 from distcomp.comm import Comm
 from distcomp.compression.accordion import Accordion
-from distcomp.compression.compressor import FP32_BYTES, GatherCompressor
+from distcomp.compression.compressor import FP32_BYTES, Item
 from distcomp.compression.config import CompressionConfig
 from distcomp.compression.dgc import MomentumCorrection
 from distcomp.compression.lgreco import LGreCo, LGreCoConfig
-from distcomp.compression.methods.powersgd import as_matrix, orthogonalize
 from distcomp.ledger import CONTROL_KEY, ByteLedger
-
-DENSITY_WARMUP_START = 0.25  # top-k's density at the start of its warm-up (DGC's first stage)
 
 
 @dataclass
@@ -54,9 +52,10 @@ class CompressedReducer:
       settings: per-key overrides of the uniform setting (L-GreCo writes its plan here).
       accordion: the critical-regime schedule (None with ``accordion=False``): each layer's
         gentle or aggressive setting, the baseline L-GreCo plans against.
-      dgc: top-k momentum correction state (None unless ``momentum`` > 0).
+      dgc: momentum correction state (None unless the method corrects for momentum).
       residuals: key -> fp32 error-feedback memory, same shape as the gradient.
-      qs: key -> PowerSGD warm-start Q (m, r), identical on every rank.
+      memory: key -> what the method keeps between steps (PowerSGD's warm-start Q (m, r),
+        identical on every rank).
       ledger: bytes contributed to collectives.
       nonfinite_buckets: buckets that fell back to a dense all-reduce because of inf/NaN.
       lgreco: the adaptive planner (None: uniform settings); it rewrites ``settings``.
@@ -77,11 +76,12 @@ class CompressedReducer:
         if config.accordion:
             self.accordion = Accordion(config.accordion_interval, config.accordion_threshold,
                                        config.gentle, uniform)
-        self.dgc = MomentumCorrection(config.momentum) if config.momentum else None
+        momentum = self.compressor.momentum
+        self.dgc = MomentumCorrection(momentum) if momentum else None
         self._begun_step: int | None = None
         self.settings: dict[str, float] = {}
         self.residuals: dict[str, torch.Tensor] = {}
-        self.qs: dict[str, torch.Tensor] = {}
+        self.memory: dict[str, torch.Tensor] = {}
         self.ledger = ByteLedger()
         self.nonfinite_buckets = 0
 
@@ -89,27 +89,16 @@ class CompressedReducer:
     def setting_for(self, key: str, shape: torch.Size, step: int | None = None) -> float | None:
         """The setting this tensor is compressed with at ``step``, or None if it travels
         uncompressed: L-GreCo's plan, else Accordion's regime setting, else the uniform one;
-        then top-k's density warm-up."""
+        then the method's own ramp after the dense warm-up (top-k's density warm-up)."""
         setting = self.settings.get(key)
         if setting is None:
             setting = self.config.setting if self.accordion is None else \
                 self.accordion.setting(key)
-        if step is not None and self.config.density_warmup_steps:
-            setting = self._warmup_density(setting, step)
+        if step is not None:
+            setting = self.compressor.scheduled(setting, step - self.config.warmup_steps)
         if self.compressor.compresses(shape, setting, self.config.min_compression_rate):
             return setting
         return None
-
-    def _warmup_density(self, density: float, step: int) -> float:
-        """DGC's sparsity warm-up: from DENSITY_WARMUP_START down to ``density``, exponentially
-        over ``density_warmup_steps`` steps after the dense warm-up (each layer scaled by the
-        same factor, so L-GreCo's and Accordion's ratios between layers are kept)."""
-        t = step - self.config.warmup_steps
-        total = self.config.density_warmup_steps
-        if t >= total:
-            return density
-        factor = (DENSITY_WARMUP_START / self.config.density) ** (1.0 - t / total)
-        return min(max(DENSITY_WARMUP_START, density), density * factor)
 
     def eligible(self, shape: torch.Size) -> bool:
         """Whether the uniform setting compresses a tensor of this shape: the layers Accordion,
@@ -117,12 +106,15 @@ class CompressedReducer:
         return self.compressor.compresses(shape, self.config.setting,
                                           self.config.min_compression_rate)
 
-    def generator(self, key: str, step: int, device: torch.device) -> torch.Generator:
-        """RNG for the stochastic rounding of one tensor in one step, seeded by (seed, rank,
-        step, key): the random numbers do not depend on how DDP groups tensors into buckets
-        (it regroups them after the first step, and again in a resumed run), so a resumed run
-        repeats the original bit for bit without any RNG state in the checkpoint."""
-        mix = (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + step
+    def generator(self, key: str, step: int, device: torch.device,
+                  shared: bool = False) -> torch.Generator:
+        """RNG for one tensor in one step (QSGD's stochastic rounding), seeded by (seed, rank,
+        step, key), or with ``shared`` by (seed, step, key), the same on every rank: the random
+        numbers do not depend on how DDP groups tensors into buckets (it regroups them after
+        the first step, and again in a resumed run), so a resumed run repeats the original bit
+        for bit without any RNG state in the checkpoint."""
+        rank = -1 if shared else self.rank
+        mix = (self.config.seed * 1_000_003 + rank) * 1_000_003 + step
         gen = torch.Generator(device=device)
         gen.manual_seed((mix * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
         return gen
@@ -163,10 +155,7 @@ class CompressedReducer:
         dense = [s for s in slots if s.setting is None]
         comp = [s for s in slots if s.setting is not None]
         inputs = [self._compensated(s) for s in comp]
-        if isinstance(self.compressor, GatherCompressor):
-            ok = self._reduce_gather(dense, comp, inputs, nonfinite, comm, step)
-        else:
-            ok = self._reduce_lowrank(dense, comp, inputs, nonfinite, comm, step)
+        ok = self._reduce_compressed(dense, comp, inputs, nonfinite, comm, step)
         if not ok:
             self.nonfinite_buckets += 1
             self._dense(grads, keys, comm, step)
@@ -251,70 +240,25 @@ class CompressedReducer:
             self.ledger.record(step, k, flat.element_size() * n, "allreduce")
             offset += n
 
-    def _reduce_lowrank(self, dense, comp, inputs, nonfinite, comm: Comm, step: int) -> bool:
-        world = comm.world_size
-        ms = [as_matrix(x) for x in inputs]
-        qs = []
-        for s, m in zip(comp, ms):
-            r = self.compressor.effective_rank(s.grad.shape, s.setting)
-            q = self.qs.get(s.key)
-            if q is None or q.shape[1] < r:  # new, or a higher rank: fresh columns appended
-                fresh = self.compressor.initial_q(s.grad.shape, r, self.config.seed, s.key,
-                                                  m.device)
-                q = fresh if q is None else torch.cat([q.to(m.device), fresh[:, q.shape[1]:]], 1)
-            qs.append(q[:, :r].to(m.device))
-        ps = [m @ q for m, q in zip(ms, qs)]
-        fused = comm.all_reduce_sum(self._dense_fused(dense, ps, nonfinite)).wait()
-        if fused[-1].item() > 0:
+    def _reduce_compressed(self, dense: list[_Slot], comp: list[_Slot],
+                           inputs: list[torch.Tensor], nonfinite: torch.Tensor, comm: Comm,
+                           step: int) -> bool:
+        """The method's collectives (its first round fused with the dense tensors), then error
+        feedback, momentum correction and the ledger; False where a rank saw inf/NaN."""
+        exchange = _Exchange(self, dense, nonfinite, comm, step)
+        items = [Item(s.key, x, s.setting) for s, x in zip(comp, inputs)]
+        results = self.compressor.reduce(items, exchange, self.memory)
+        if results is None:
             return False
-        offset = self._write_dense(dense, fused, world, step)
-        ps_sum = []
-        for p in ps:
-            ps_sum.append(orthogonalize(fused[offset : offset + p.numel()].view_as(p)))
-            offset += p.numel()
-        q_local = [m.t() @ p for m, p in zip(ms, ps_sum)]
-        q_flat = comm.all_reduce_sum(torch.cat([q.reshape(-1) for q in q_local])).wait()
-        offset = 0
-        for s, m, p, ql in zip(comp, ms, ps_sum, q_local):
-            q_sum = q_flat[offset : offset + ql.numel()].view_as(ql)
-            offset += ql.numel()
-            s.grad.copy_((p @ q_sum.t()).view_as(s.grad) / world)
-            if self.config.error_feedback:  # this rank's own part: M - P (P^T M)
-                self.residuals[s.key] = (m - p @ ql.t()).view_as(s.grad)
-            self.qs[s.key] = q_sum.clone()
-            self.ledger.record(step, s.key, FP32_BYTES * (p.numel() + ql.numel()), "allreduce")
-        self.ledger.record(step, CONTROL_KEY, FP32_BYTES, "allreduce")
-        return True
-
-    def _reduce_gather(self, dense, comp, inputs, nonfinite, comm: Comm, step: int) -> bool:
-        world = comm.world_size
-        payloads = [
-            self.compressor.encode(x.reshape(-1), s.setting, self.generator(s.key, step, x.device))
-            for s, x in zip(comp, inputs)
-        ]
-        dense_handle = comm.all_reduce_sum(self._dense_fused(dense, [], nonfinite))
-        gather_handle = comm.all_gather(torch.cat(payloads))
-        fused = dense_handle.wait()
-        gathered = gather_handle.wait()
-        if fused[-1].item() > 0:
-            return False
-        self._write_dense(dense, fused, world, step)
-        offset = 0
-        for s, x, own in zip(comp, inputs, payloads):
-            n, nb = x.numel(), own.numel()
-            rows = gathered[:, offset : offset + nb]
-            offset += nb
-            keep = comm.rank if self.config.error_feedback else None
-            total, approx = self.compressor.decode_rows(rows, n, s.setting, keep)
-            avg = total.view_as(s.grad) / world
-            if approx is not None:  # kept only with error feedback
-                approx = approx.view_as(x)
-                self.residuals[s.key] = x - approx
+        for s, x, res in zip(comp, inputs, results):
+            avg = res.average
+            if res.own is not None:  # kept only with error feedback
+                self.residuals[s.key] = x - res.own
                 if self.dgc is not None:
-                    self.dgc.mask(s.key, approx != 0)
+                    self.dgc.mask(s.key, res.own != 0)
                     avg = self.dgc.deliver(s.key, avg)
             s.grad.copy_(avg)
-            self.ledger.record(step, s.key, nb, "allgather")
+            self.ledger.record(step, s.key, res.nbytes, res.collective)
         self.ledger.record(step, CONTROL_KEY, FP32_BYTES, "allreduce")
         return True
 
@@ -341,7 +285,7 @@ class CompressedReducer:
             "config": self.config.to_dict(),
             "settings": dict(self.settings),
             "residuals": {k: v.clone() for k, v in self.residuals.items()},
-            "qs": {k: v.clone() for k, v in self.qs.items()},
+            "memory": {k: v.clone() for k, v in self.memory.items()},
             "ledger": self.ledger.state_dict(),
             "nonfinite_buckets": self.nonfinite_buckets,
             "lgreco": None if self.lgreco is None else self.lgreco.state_dict(),
@@ -352,15 +296,15 @@ class CompressedReducer:
     def load_state_dict(self, state: dict) -> None:
         saved = CompressionConfig.from_dict(state["config"]).to_dict()
         mine = self.config.to_dict()
-        differ = [k for k in mine if k != "timeout_s" and saved[k] != mine[k]]
+        differ = [k for k in mine if k != "timeout_s" and saved.get(k) != mine[k]]
         if differ:
             raise ValueError(
                 "checkpoint was made with other compression settings: "
-                + ", ".join(f"{k}={saved[k]!r} (now {mine[k]!r})" for k in differ)
+                + ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in differ)
             )
         self.settings = dict(state["settings"])
         self.residuals = {k: v.clone() for k, v in state["residuals"].items()}
-        self.qs = {k: v.clone() for k, v in state["qs"].items()}
+        self.memory = {k: v.clone() for k, v in state["memory"].items()}
         self.ledger.load_state_dict(state["ledger"])
         self.nonfinite_buckets = int(state["nonfinite_buckets"])
         if (state.get("lgreco") is None) != (self.lgreco is None):
@@ -370,3 +314,35 @@ class CompressedReducer:
         for name in ("accordion", "dgc"):  # present exactly when the (equal) config says so
             if getattr(self, name) is not None:
                 getattr(self, name).load_state_dict(state[name])
+
+
+class _Exchange:
+    """The reducer's side of one bucket for :meth:`Compressor.reduce
+    <distcomp.compression.compressor.Compressor.reduce>`: the first round fuses the dense
+    tensors, the method's summable payloads and the non-finite flag into one all-reduce."""
+
+    def __init__(self, reducer: CompressedReducer, dense: list[_Slot], flag: torch.Tensor,
+                 comm: Comm, step: int):
+        self.reducer, self.dense, self.flag, self.comm, self.step = \
+            reducer, dense, flag, comm, step
+        self.keep_own = reducer.config.error_feedback
+        self.seed = reducer.config.seed
+
+    def first_round(self, summed: list[torch.Tensor], gathered: torch.Tensor | None
+                    ) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:
+        r = self.reducer
+        handle = self.comm.all_reduce_sum(r._dense_fused(self.dense, summed, self.flag))
+        gather = None if gathered is None else self.comm.all_gather(gathered)
+        fused = handle.wait()
+        rows = None if gather is None else gather.wait()
+        if fused[-1].item() > 0:
+            return None
+        offset = r._write_dense(self.dense, fused, self.comm.world_size, self.step)
+        out = []
+        for t in summed:
+            out.append(fused[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+        return out, rows
+
+    def generator(self, key: str, shared: bool = False) -> torch.Generator:
+        return self.reducer.generator(key, self.step, self.flag.device, shared=shared)

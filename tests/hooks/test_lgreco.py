@@ -50,7 +50,7 @@ def _plans(rank, world):
         model, state, opt = _make(method)
         _steps(model, opt, rank, 0, 12)  # plans at steps 3, 7, 11
         lg = state.reducer.lgreco
-        q_ranks = {k: q.shape[1] for k, q in state.reducer.qs.items()}
+        q_ranks = {k: q.shape[1] for k, q in state.reducer.memory.items()}
         out[method] = {
             "plans": [p["settings"] for p in lg.plans],
             "steps": [p["step"] for p in lg.plans],

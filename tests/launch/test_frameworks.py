@@ -1,6 +1,6 @@
 """The hook inside the frameworks users already train with, for real on 2 CPU ranks under
 torchrun: PyTorch Lightning (state built before the process group, passed to DDPStrategy) and
-HF accelerate (prepare(), then the two lines)."""
+HF accelerate (prepare(), then ``attach``)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,12 @@ def test_lightning_ddp_strategy_takes_the_state_and_hook_unchanged(tmp_path):
           torchrun("train_lightning.py", "--comm", "powersgd", tmp=tmp_path))
 
 
-def test_accelerate_prepare_then_the_two_lines(tmp_path):
+def test_accelerate_prepare_then_attach_reads_the_wrapped_optimizer(tmp_path):
+    """``attach(model, name, optimizer=opt)`` after ``prepare()``; for top-k its momentum
+    correction takes the SGD momentum from inside accelerate's optimizer wrapper."""
     pytest.importorskip("accelerate", reason="needs HF accelerate (the frameworks extra)")
     check(torchrun("train_accelerate.py", "--comm", "none", tmp=tmp_path),
           torchrun("train_accelerate.py", "--comm", "powersgd", tmp=tmp_path))
+    topk = torchrun("train_accelerate.py", "--comm", "topk", "--density", "0.05", tmp=tmp_path)
+    assert topk[0]["checksum"] == topk[1]["checksum"] and topk[0]["stats"]["ratio"] > 1.5
+    assert topk[0]["config"]["momentum"] == 0.9

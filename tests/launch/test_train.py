@@ -33,7 +33,8 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 180) -> subprocess.Com
 # an epoch's end), co2 (SIGTERM mid-epoch, resume), lgreco-powersgd (c10d), topk (mpirun).
 @pytest.mark.parametrize("comm", ["qsgd", "lgreco-qsgd"])
 def test_every_comm_trains_under_torchrun(comm):
-    proc = torchrun("--comm", comm, *SMALL)
+    """With a method option of the registry's on the command line, as every method's are."""
+    proc = torchrun("--comm", comm, *SMALL, "--qsgd-norm", "l2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"[{comm}] epoch")]
     assert len(lines) == 2 and "bytes/step" in lines[0], proc.stdout
@@ -123,6 +124,11 @@ def test_no_launcher_is_a_clear_error():
     bad = subprocess.run([sys.executable, SCRIPT, "--comm", "zip"], capture_output=True,
                          text=True, timeout=60, env=env)
     assert bad.returncode == 2 and "--comm must be one of" in bad.stderr
+    for flags, why in ((["--qsgd-norm", "linf"], "invalid choice: 'linf'"),
+                       (["--rank", "0"], "rank must be an integer >= 1")):
+        bad = subprocess.run([sys.executable, SCRIPT, "--comm", "lgreco-powersgd", *flags],
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert bad.returncode == 2 and why in bad.stderr, bad.stderr
 
 
 @pytest.mark.parametrize("comm", ["none", "powersgd", "co2"])

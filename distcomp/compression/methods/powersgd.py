@@ -10,16 +10,22 @@ weights (out, in, kh, kw) become (out, in*kh*kw)). With a warm-started Q of shap
 
 Because P is shared, compression is linear (M -> P P^T M), so the sum of the ranks' compressed
 matrices is the compression of their sum. Bytes per step: 4 * r * (n + m).
+
+L-GreCo's error for rank r is the SVD tail ||M - M_r||_F from the top singular values (exact
+SVD for small matrices, randomized subspace iteration for large ones): a lower bound for what
+one warm-started power iteration achieves.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 
 import torch
 
-from distcomp.compression.compressor import FP32_BYTES, Compressor, register
+from distcomp.compression.compressor import FP32_BYTES, Compressor, Exchange, Item, Reduced
+from distcomp.knobs import Knobs, knob
 
 
 def matrix_shape(shape: torch.Size) -> tuple[int, int]:
@@ -27,18 +33,32 @@ def matrix_shape(shape: torch.Size) -> tuple[int, int]:
     return int(shape[0]), int(math.prod(shape[1:]))
 
 
-@register
+@dataclass(frozen=True)
+class PowerSGDOptions(Knobs):
+    """rank: PowerSGD rank. Higher = closer to exact, more bytes: 4 r (n + m) per matrix."""
+
+    rank: int = knob(8, low=1)
+
+
+@dataclass(frozen=True)
+class PowerSGDPlan(Knobs):
+    """L-GreCo's PowerSGD candidates: the integer ranks in [ceil(gamma r), floor(beta r)]."""
+
+    gamma: float = knob(0.5, low=0.0, high=1e6, low_open=True)
+    beta: float = knob(2.0, low=0.0, high=1e6, low_open=True)
+
+    def check(self) -> None:
+        if self.beta < self.gamma:
+            raise ValueError(f"beta must be >= gamma ({self.gamma}), got {self.beta!r}")
+
+
 class PowerSGD(Compressor):
-    """Rank-r PowerSGD. Setting: ``rank`` (int >= 1), capped per tensor at min(n, m)."""
+    """Rank-r PowerSGD. Setting: ``rank``, capped per tensor at min(n, m)."""
 
     name = "powersgd"
-    setting_name = "rank"
-    family = "linear"
-
-    def validate_setting(self, setting: float) -> int:
-        if isinstance(setting, bool) or int(setting) != setting or setting < 1:
-            raise ValueError(f"PowerSGD rank must be an integer >= 1, got {setting!r}")
-        return int(setting)
+    knob = "rank"
+    Options = PowerSGDOptions
+    Plan = PowerSGDPlan
 
     def eligible(self, shape: torch.Size) -> bool:
         return len(shape) >= 2
@@ -51,6 +71,9 @@ class PowerSGD(Compressor):
         n, m = matrix_shape(shape)
         return FP32_BYTES * self.effective_rank(shape, setting) * (n + m)
 
+    def gentle(self, setting: float) -> int:
+        return 4 * int(setting)
+
     def initial_q(
         self, shape: torch.Size, rank: int, seed: int, key: str, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
@@ -59,6 +82,48 @@ class PowerSGD(Compressor):
         r = self.effective_rank(shape, rank)
         gen = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
         return torch.randn(m, r, generator=gen).to(device)
+
+    def reduce(self, items: list[Item], exchange: Exchange,
+               memory: dict[str, torch.Tensor]) -> list[Reduced] | None:
+        """P = M Q rides the first round; orth(P); Q = M^T P in a second all-reduce; Q is the
+        warm start kept in ``memory`` (fresh columns appended where the rank grew)."""
+        ms = [as_matrix(it.x) for it in items]
+        qs = []
+        for it, m in zip(items, ms):
+            r = self.effective_rank(it.x.shape, it.setting)
+            q = memory.get(it.key)
+            if q is None or q.shape[1] < r:
+                fresh = self.initial_q(it.x.shape, r, exchange.seed, it.key, m.device)
+                q = fresh if q is None else torch.cat([q.to(m.device), fresh[:, q.shape[1]:]], 1)
+            qs.append(q[:, :r].to(m.device))
+        done = exchange.first_round([m @ q for m, q in zip(ms, qs)], None)
+        if done is None:
+            return None
+        ps = [orthogonalize(p) for p in done[0]]
+        q_local = [m.t() @ p for m, p in zip(ms, ps)]
+        q_flat = exchange.comm.all_reduce_sum(torch.cat([q.reshape(-1) for q in q_local])).wait()
+        out, offset, world = [], 0, exchange.comm.world_size
+        for it, p, ql in zip(items, ps, q_local):
+            q_sum = q_flat[offset : offset + ql.numel()].view_as(ql)
+            offset += ql.numel()
+            own = (p @ ql.t()).view_as(it.x) if exchange.keep_own else None
+            memory[it.key] = q_sum.clone()
+            out.append(Reduced((p @ q_sum.t()).view_as(it.x) / world, own,
+                               FP32_BYTES * (p.numel() + ql.numel()), "allreduce"))
+        return out
+
+    def candidates(self, uniform: float, shape: torch.Size, plan: PowerSGDPlan) -> list[float]:
+        cap = min(matrix_shape(shape))
+        lo = max(1, math.ceil(plan.gamma * uniform))
+        return list(range(lo, min(cap, math.floor(plan.beta * uniform)) + 1))
+
+    def candidate_errors(self, g: torch.Tensor, settings: list[float]) -> list[float]:
+        m = as_matrix(g.detach().float())
+        top = top_singular_values(m, int(max(settings))).double().pow(2)
+        total = float(m.double().pow(2).sum())
+        head = [0.0] + top.cumsum(0).tolist()  # head[r] = sum of the r largest s_i^2
+        return [math.sqrt(max(0.0, total - head[min(int(r), len(head) - 1)]))
+                if int(r) < min(m.shape) else 0.0 for r in settings]
 
 
 def as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -86,3 +151,19 @@ def best_rank_error(m: torch.Tensor, rank: int) -> float:
     what PowerSGD's single warm-started power iteration achieves."""
     s = torch.linalg.svdvals(m.float())
     return float(s[rank:].pow(2).sum().sqrt())
+
+
+def top_singular_values(m: torch.Tensor, k: int, oversample: int = 8, iters: int = 4,
+                        seed: int = 0) -> torch.Tensor:
+    """The k largest singular values of m (n, m'). Exact (svdvals) for small matrices; for large
+    ones randomized subspace iteration (Halko et al. 2011) with a private generator, so the
+    caller's RNG stream is untouched: O(n m' (k + oversample) iters) instead of a full SVD."""
+    p = k + oversample
+    if min(m.shape) <= 2 * p:
+        return torch.linalg.svdvals(m)[:k]
+    gen = torch.Generator(device=m.device).manual_seed(seed)
+    q = torch.randn(m.shape[1], p, generator=gen, device=m.device, dtype=m.dtype)
+    for _ in range(iters):
+        y = torch.linalg.qr(m @ q).Q
+        q = torch.linalg.qr(m.t() @ y).Q
+    return torch.linalg.svdvals(m @ q)[:k]

@@ -3,33 +3,40 @@
 Payload for n elements at density d: k = clamp(round(d * n), 1, n) fp32 values followed by k
 int32 indices, 8 * k bytes, exchanged with all-gather (sparse supports differ between ranks, so
 they cannot be summed in compressed form). Every rank scatter-adds all W payloads and divides by
-W. Error feedback (in the reducer) keeps what was not sent, so small entries are delayed, not lost.
+W. Error feedback (in the reducer) keeps what was not sent, so small entries are delayed, not
+lost; with momentum SGD, Deep Gradient Compression's momentum correction
+(:mod:`distcomp.compression.dgc`) and density warm-up (:class:`SparseOptions`) keep the
+delayed entries from being replayed by the optimizer's momentum.
+
+L-GreCo's error for density d is the norm of all but the k largest entries (one partial sort
+serves every candidate).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from distcomp.compression.compressor import FP32_BYTES, GatherCompressor, bytes_as, register
+from distcomp.compression.compressor import FP32_BYTES, GatherCompressor, bytes_as
+from distcomp.compression.dgc import SparseOptions, SparsePlan, Sparsifier
 
 INDEX_BYTES = 4
 
 
-@register
-class TopK(GatherCompressor):
+@dataclass(frozen=True)
+class TopKOptions(SparseOptions):
+    """density: fraction of entries kept. Bytes: 8 per kept entry."""
+
+
+class TopK(Sparsifier, GatherCompressor):
     """Per-tensor magnitude top-k. Setting: ``density`` in (0, 1]."""
 
     name = "topk"
-    setting_name = "density"
-
-    def validate_setting(self, setting: float) -> float:
-        if isinstance(setting, bool) or not isinstance(setting, (int, float)):
-            raise ValueError(f"top-k density must be a number in (0, 1], got {setting!r}")
-        if not (0.0 < float(setting) <= 1.0):
-            raise ValueError(f"top-k density must be in (0, 1], got {setting!r}")
-        return float(setting)
+    knob = "density"
+    Options = TopKOptions
+    Plan = SparsePlan
 
     def eligible(self, shape: torch.Size) -> bool:
         return len(shape) >= 2  # biases and norm weights are small: never worth the error
@@ -71,3 +78,11 @@ class TopK(GatherCompressor):
             out.index_add_(0, idx, values)
         kept = None if keep is None else self.decode(payloads[keep], numel, setting)
         return out, kept
+
+    def candidate_errors(self, g: torch.Tensor, settings: list[float]) -> list[float]:
+        flat = g.detach().float().reshape(-1)
+        total = float(flat.double().pow(2).sum())
+        ks = [self.k_for(flat.numel(), d) for d in settings]
+        # only the largest max(k) magnitudes matter: a partial top-k, not a full sort
+        top = torch.topk(flat.abs(), max(ks), sorted=True).values.double().pow(2).cumsum(0)
+        return [math.sqrt(max(0.0, total - float(top[k - 1]))) for k in ks]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distcomp import CompressedReducer, CompressionConfig
-from distcomp.compression.accordion import Accordion, default_gentle
+from distcomp.compression.accordion import Accordion
 from distcomp.compression.compressor import get_compressor
 from tests.multiproc import run_ranks
 
@@ -59,8 +59,8 @@ def test_state_dict_round_trip():
     ("qsgd", 4, 8), ("qsgd", 6, 8), ("qsgd", 8, 16),
 ])
 def test_default_gentle_setting(method, setting, gentle):
-    assert default_gentle(get_compressor(method), setting) == gentle
-    assert CompressionConfig(method, **{CompressionConfig(method).compressor().setting_name:
+    assert get_compressor(method).gentle(setting) == gentle
+    assert CompressionConfig(method, **{CompressionConfig(method).compressor().knob:
                                         setting}).gentle == gentle
 
 

@@ -35,7 +35,7 @@ def test_topk_payload_is_exactly_wire_bytes(n, density):
 @pytest.mark.parametrize("bits", ALLOWED_BITS)
 @pytest.mark.parametrize("bucket", [1, 64, 128])
 def test_qsgd_payload_is_exactly_wire_bytes(n, bits, bucket):
-    c = get_compressor("qsgd", bucket_size=bucket)
+    c = get_compressor("qsgd", qsgd_bucket_size=bucket)
     payload = c.encode(randn(n), bits)
     expected = 4 * math.ceil(n / bucket) + math.ceil(n * bits / 8)
     assert payload.numel() == c.wire_bytes(torch.Size([n]), bits) == expected
@@ -86,7 +86,7 @@ def test_topk_density_one_is_lossless():
 @pytest.mark.parametrize("norm", ["max", "l2"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_qsgd_is_unbiased(bits, norm):
-    c = get_compressor("qsgd", bucket_size=16, norm=norm)
+    c = get_compressor("qsgd", qsgd_bucket_size=16, qsgd_norm=norm)
     x = randn(64, seed=3)
     gen = torch.Generator().manual_seed(0)
     trials = 1000
@@ -100,7 +100,7 @@ def test_qsgd_is_unbiased(bits, norm):
 
 @pytest.mark.parametrize("bits", ALLOWED_BITS)
 def test_qsgd_error_bounded_by_one_level(bits):
-    c = get_compressor("qsgd", bucket_size=32, norm="max")
+    c = get_compressor("qsgd", qsgd_bucket_size=32, qsgd_norm="max")
     x = randn(1000, seed=4)
     out = c.roundtrip(x, bits, torch.Generator().manual_seed(1))
     levels = 2 ** (bits - 1) - 1
@@ -117,7 +117,7 @@ def test_qsgd_32_bits_is_lossless():
 
 
 def test_qsgd_zero_bucket_decodes_to_zero():
-    c = get_compressor("qsgd", bucket_size=4)
+    c = get_compressor("qsgd", qsgd_bucket_size=4)
     x = torch.tensor([0.0, 0, 0, 0, 1, -2, 0, 3])
     out = c.roundtrip(x, 4, torch.Generator().manual_seed(0))
     assert torch.equal(out[:4], torch.zeros(4))

@@ -4,13 +4,8 @@ import pytest
 import torch
 
 from distcomp import get_compressor
-from distcomp.compression.lgreco import (
-    LGreCo,
-    LGreCoConfig,
-    candidate_errors,
-    candidates,
-    qsgd_expected_error,
-)
+from distcomp.compression.lgreco import LGreCo, LGreCoConfig, candidates
+from distcomp.compression.methods.qsgd import expected_errors
 
 
 def randn(*shape, seed=0):
@@ -40,7 +35,7 @@ def test_topk_and_qsgd_candidates():
 
 def test_powersgd_error_is_the_svd_tail():
     g = randn(40, 30)
-    errs = candidate_errors(get_compressor("powersgd"), g, [1, 5, 30])
+    errs = get_compressor("powersgd").candidate_errors(g, [1, 5, 30])
     u, s, vh = torch.linalg.svd(g, full_matrices=False)
     for r, e in zip([1, 5, 30], errs):
         best = (u[:, :r] * s[:r]) @ vh[:r]
@@ -50,18 +45,18 @@ def test_powersgd_error_is_the_svd_tail():
 def test_topk_error_matches_the_compressor():
     tk = get_compressor("topk")
     g = randn(50, 20)
-    for d, e in zip([0.01, 0.1, 0.5], candidate_errors(tk, g, [0.01, 0.1, 0.5])):
+    for d, e in zip([0.01, 0.1, 0.5], tk.candidate_errors(g, [0.01, 0.1, 0.5])):
         assert math.isclose(e, float((g - tk.roundtrip(g, d)).norm()), rel_tol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["max", "l2"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_qsgd_expected_error_matches_sampling(bits, norm):
-    qs = get_compressor("qsgd", bucket_size=64, norm=norm)
+    qs = get_compressor("qsgd", qsgd_bucket_size=64, qsgd_norm=norm)
     g = randn(32, 32, seed=bits)
     gen = torch.Generator().manual_seed(0)
     mse = sum(float((qs.roundtrip(g, bits, gen) - g).pow(2).sum()) for _ in range(400)) / 400
-    assert math.isclose(qsgd_expected_error(g, bits, 64, norm), math.sqrt(mse), rel_tol=0.05)
+    assert math.isclose(expected_errors(g, [bits], 64, norm)[0], math.sqrt(mse), rel_tol=0.05)
 
 
 def test_schedule():
@@ -98,7 +93,7 @@ def test_invalid_configs_raise(options, match):
 def test_large_matrices_use_the_randomized_tail_accurately():
     u = randn(300, 12) @ torch.diag(torch.logspace(1, -1, 12)) @ randn(12, 200, seed=1)
     g = u + 0.05 * randn(300, 200, seed=2)
-    errs = candidate_errors(get_compressor("powersgd"), g, [2, 4, 8])
+    errs = get_compressor("powersgd").candidate_errors(g, [2, 4, 8])
     s2 = torch.linalg.svdvals(g).double().pow(2)
     for r, e in zip([2, 4, 8], errs):
         assert math.isclose(e, float(s2[r:].sum().sqrt()), rel_tol=1e-3)
