@@ -117,72 +117,72 @@ DEFAULTS_FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco powe
   lgreco powersgd@4,lgreco powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco topk@0.003,$\
   lgreco topk@0.01,lgreco topk@0.03
 bench: venv sysdeps
-	$(RUN) $(BIN)/python -m benchmarks.compressors --json $(RESULTS)/compressors.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm,resnet,cnn --arms $(NB_ARMS) \
+	$(RUN) $(BIN)/python -m benchmarks.micro.compressors --json $(RESULTS)/compressors.json
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm,resnet,cnn --arms $(NB_ARMS) \
 	  --json $(RESULTS)/netbench.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --bandwidth none --workloads lm,resnet \
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --bandwidth none --workloads lm,resnet \
 	  --json $(RESULTS)/netbench-unshaped.json --arms local,allreduce,torch_fp16,torch_powersgd,powersgd
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads resnet --steps 300 \
 	  --json $(RESULTS)/netbench-frontier.json --arms $(FRONTIER_ARMS)
-	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
 	  --burst 1mbit --outer-momentum 0 --arms $(TOPOLOGY_ARMS) \
 	  --json $(RESULTS)/netbench-topology.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
 	  --burst 1mbit --outer-momentum 0 --arms local,local_node,co2_bf16,co2_bf16@2 \
 	  --json $(RESULTS)/netbench-topology-co2.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --bandwidth none --ranks-per-host 2 --workloads resnet \
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --bandwidth none --ranks-per-host 2 --workloads resnet \
 	  --steps 300 --outer-momentum 0 --arms local,local_node,co2_bf16,co2_bf16@2 \
 	  --json $(RESULTS)/netbench-topology-co2-unshaped.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --ranks-per-host 2 --workloads lm --steps 150 \
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads lm --steps 150 \
 	  --burst 1mbit --outer-momentum 0 --arms local,local_node,co2_bf16,co2_bf16@2 \
 	  --json $(RESULTS)/netbench-topology-lm.json
-	$(RUN) $(BIN)/python -m benchmarks.co2_outer --json $(RESULTS)/co2-outer.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads resnet --steps 300 \
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.co2_outer --json $(RESULTS)/co2-outer.json
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads resnet --steps 300 \
 	  --arms allreduce,powersgd,topk,qsgd --json $(RESULTS)/netbench-world2.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --arms allreduce,qsgd,qsgd_fixed \
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm --arms allreduce,qsgd,qsgd_fixed \
 	  --json $(RESULTS)/netbench-qsgd.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm,resnet,cnn \
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm,resnet,cnn \
 	  --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd@16 --json $(RESULTS)/netbench-lgreco.json
-	$(RUN) $(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json
-	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet,cnn --seeds 0,1,2,3,4,5 \
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults.json
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads resnet,cnn --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,torch fp16 (noise floor),powersgd' --json $(RESULTS)/defaults-seeds.json
-	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet --seeds 0,1,2,3,4,5 \
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads resnet --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,powersgd rank 16,powersgd accordion threshold 0.2' \
 	  --json $(RESULTS)/defaults-candidates.json
-	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads cnn,resnet --seeds 0,1,2,3,4,5 \
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads cnn,resnet --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,powersgd no accordion,torch powersgd (rank 8 warm-up 10)' \
 	  --json $(RESULTS)/defaults-torch.json
-	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet --seeds 0,1,2,3,4,5 \
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads resnet --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,powersgd,lgreco powersgd,lgreco powersgd rank 16' \
 	  --json $(RESULTS)/defaults-lgreco.json
-	$(RUN) $(BIN)/python -m benchmarks.defaults --workloads resnet --seeds 0,1,2 \
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads resnet --seeds 0,1,2 \
 	  --arms '$(DEFAULTS_FRONTIER_ARMS)' --json $(RESULTS)/defaults-frontier.json
-	$(RUN) $(BIN)/python -m benchmarks.planner --json $(RESULTS)/planner.json
-	$(RUN) $(BIN)/python -m benchmarks.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
+	$(RUN) $(BIN)/python -m benchmarks.micro.planner --json $(RESULTS)/planner.json
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm --json $(RESULTS)/netbench-co2.json \
 	  --steps 150 --burst 1mbit --arms local,allreduce,diloco,co2,co2_bf16,co2_qsgd
-	$(RUN) $(BIN)/python -m benchmarks.link_cost --json $(RESULTS)/link_cost.json
-	$(RUN) $(BIN)/python -m benchmarks.data_quality --split val --features input \
+	$(RUN) $(BIN)/python -m benchmarks.network.link_cost --json $(RESULTS)/link_cost.json
+	$(RUN) $(BIN)/python -m benchmarks.data.quality --split val --features input \
 	  --methods random,dq,dq-kmeans,moderate,kcenter --json $(RESULTS)/data_quality_val.json
-	$(RUN) $(BIN)/python -m benchmarks.data_quality --split val --features probe \
+	$(RUN) $(BIN)/python -m benchmarks.data.quality --split val --features probe \
 	  --methods random,dq,dq-kmeans,moderate,kcenter --json $(RESULTS)/data_quality_val_probe.json
-	$(RUN) $(BIN)/python -m benchmarks.data_quality --json $(RESULTS)/data_quality.json
-	$(RUN) $(BIN)/python -m benchmarks.data_scale --json $(RESULTS)/data_scale.json
-	$(RUN) $(BIN)/python -m benchmarks.data_scale --binning kmeans --json $(RESULTS)/data_scale_kmeans.json
-	$(RUN) $(BIN)/python -m benchmarks.gnnpipe --json $(RESULTS)/gnnpipe.json
+	$(RUN) $(BIN)/python -m benchmarks.data.quality --json $(RESULTS)/data_quality.json
+	$(RUN) $(BIN)/python -m benchmarks.data.scale --json $(RESULTS)/data_scale.json
+	$(RUN) $(BIN)/python -m benchmarks.data.scale --binning kmeans --json $(RESULTS)/data_scale_kmeans.json
+	$(RUN) $(BIN)/python -m benchmarks.gnn.gnnpipe --json $(RESULTS)/gnnpipe.json
 	$(MAKE) --no-print-directory deepspeed horovod
 	$(RUN) $(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json
 	$(BIN)/python -m benchmarks.integrations --json $(RESULTS)/integrations.json --readme BENCHMARKS.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults.json --readme BENCHMARKS.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-seeds.json --readme BENCHMARKS.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-candidates.json --readme BENCHMARKS.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-torch.json --readme BENCHMARKS.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-lgreco.json --readme BENCHMARKS.md
-	$(BIN)/python -m benchmarks.defaults --json $(RESULTS)/defaults-frontier.json --readme BENCHMARKS.md
-	$(BIN)/python -m benchmarks.gnnpipe_report --readme BENCHMARKS.md $(RESULTS)/gnnpipe.json
-	$(BIN)/python -m benchmarks.data_report --readme BENCHMARKS.md --val $(RESULTS)/data_quality_val.json \
+	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-seeds.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-candidates.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-torch.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-lgreco.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-frontier.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.gnn.report --readme BENCHMARKS.md $(RESULTS)/gnnpipe.json
+	$(BIN)/python -m benchmarks.data.report --readme BENCHMARKS.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \
 	  $(RESULTS)/data_scale_kmeans.json
-	$(BIN)/python -m benchmarks.netbench_report --readme BENCHMARKS.md $(RESULTS)/netbench.json \
+	$(BIN)/python -m benchmarks.network.report --readme BENCHMARKS.md $(RESULTS)/netbench.json \
 	  $(RESULTS)/netbench-unshaped.json $(RESULTS)/netbench-frontier.json \
 	  $(RESULTS)/netbench-topology.json $(RESULTS)/netbench-topology-co2.json \
 	  $(RESULTS)/netbench-topology-co2-unshaped.json \
@@ -208,7 +208,7 @@ gpu-check: $(if $(filter $(BIN)/python,$(GPU_PY)),venv)
 	cp -r distcomp $(GPU_SITE)/ && cp -r hooks $(GPU_SITE)/distcomp/hooks && \
 	  cp -r data_compress $(GPU_SITE)/distcomp/data
 	$(GPU_RUN) -m pytest -q -rs -p no:cacheprovider --import-mode=append $(GPU_TESTS)
-	$(GPU_RUN) -m benchmarks.gpu --json $(GPU_JSON)
+	$(GPU_RUN) -m benchmarks.micro.gpu --json $(GPU_JSON)
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache *.egg-info

@@ -51,7 +51,7 @@ def run_arm(framework: str, comm: str, args: argparse.Namespace, tmp: Path) -> d
     train = ["--comm", comm, "--epochs", "1", "--steps-per-epoch", str(args.steps),
              "--width", str(args.width), "--rank", str(args.rank), "--log-json", str(log),
              # the method alone, from the first step (the defaults' warm-up and schedule are
-             # measured by benchmarks.defaults): bytes that are each method's own
+             # measured by benchmarks.accuracy.defaults): bytes that are each method's own
              "--warmup-steps", "0", "--fixed-setting"]
     if framework == "horovod":
         cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", "2", "--gloo", "-H",

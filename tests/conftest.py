@@ -1,8 +1,8 @@
 """Tests run on two pytest-xdist workers, a whole file per worker (``make test``:
 ``-n 2 --dist loadfile``), so the tests sharing one machine-wide resource run one after
 another on one worker: the local SLURM cluster of ``tests/slurm/`` (one controller, one node,
-one munged) and the network namespaces of ``tests/benchmarks/test_netbench.py`` (a run removes
-stale namespaces of ours, which would include another worker's live ones). (``--dist
+one munged) and the network namespaces of ``tests/benchmarks/network/test_netbench.py`` (a run
+removes stale namespaces of ours, which would include another worker's live ones). (``--dist
 loadgroup`` would do this per test, but with pytest 9.2 and pytest-xdist 3.8 its
 ``xdist_group`` marks were not honoured here: the SLURM tests ran on both workers.)
 
@@ -14,12 +14,13 @@ from __future__ import annotations
 import pytest
 
 LONGEST_FIRST = (
-    "tests/slurm/", "tests/benchmarks/test_netbench.py", "tests/distcomp/co2/test_optimizer.py",
-    "tests/launch/test_train.py", "tests/benchmarks/test_badinputs.py",
-    "tests/hooks/test_deepspeed.py", "tests/benchmarks/test_gnnpipe_bench.py",
-    "tests/benchmarks/test_data_benchmarks.py", "tests/hooks/test_ddp.py",
+    "tests/slurm/", "tests/benchmarks/network/test_netbench.py",
+    "tests/distcomp/co2/test_optimizer.py",
+    "tests/launch/test_train.py", "tests/benchmarks/reliability/test_badinputs.py",
+    "tests/hooks/test_deepspeed.py", "tests/benchmarks/gnn/test_gnnpipe.py",
+    "tests/benchmarks/data/test_data.py", "tests/hooks/test_ddp.py",
     "tests/distcomp/gnn/test_pipeline.py", "tests/data_compress/test_mpi.py",
-    "tests/hooks/test_multibucket.py", "tests/benchmarks/test_soak.py",
+    "tests/hooks/test_multibucket.py", "tests/benchmarks/reliability/test_soak.py",
     "tests/data_compress/test_cli.py", "tests/test_docs_commands.py",
     "tests/launch/test_frameworks.py",
 )
@@ -35,12 +36,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def two_hosts():
-    """Two network namespaces on one shaped veth (``benchmarks.netns.TwoHosts``, 100 Mbit/s):
-    pass it to ``run_ranks(hosts=...)`` to place half the ranks on each "node"."""
+    """Two network namespaces on one shaped veth (``benchmarks.network.netns.TwoHosts``, 100
+    Mbit/s): pass it to ``run_ranks(hosts=...)`` to place half the ranks on each "node"."""
     import os
     import shutil
 
-    from benchmarks.netns import TwoHosts
+    from benchmarks.network.netns import TwoHosts
 
     if os.geteuid() != 0:
         pytest.skip("needs root to create network namespaces (ip netns, veth, tc)")

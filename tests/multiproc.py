@@ -8,7 +8,7 @@ Ranks are forked from a server that imported torch and the package once (per pyt
 a spawned rank spent ~1.5 s importing them, about a third of a typical two-rank test here.
 Each rank still has its own process group, sockets and threads. Not ``torch._dynamo`` (the
 first optimizer built imports it): forked after it is imported, torch's fp16 DDP hook hung
-at teardown in soak runs (see benchmarks/soak.py).
+at teardown in soak runs (see benchmarks/reliability/soak.py).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def run_ranks(fn, world: int = 2, timeout_s: float = 180.0, pg_timeout_s: float 
 
     ``fn`` must be a module-level function (it is pickled by reference). A rank that raises
     fails the test with its traceback; a run past ``timeout_s`` is killed and fails the test.
-    ``hosts``: a ``benchmarks.netns.TwoHosts``; the first half of the ranks then run in host
+    ``hosts``: a ``benchmarks.network.netns.TwoHosts``; the first half of the ranks then run in host
     a's namespace and the rest in host b's, so traffic between the halves crosses its veth
     and traffic inside a half takes that namespace's loopback, as on two real nodes.
     """

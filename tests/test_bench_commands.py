@@ -33,19 +33,19 @@ UNION = "union"
 # smoke launch per workload runs every arm any line runs there; or the test that already runs
 # the line, as written plus the flags that shrink it
 TINY: dict[str, list[str] | str] = {
-    "benchmarks.compressors": ["--repeats", "1"],
-    "benchmarks.netbench": UNION,
-    "benchmarks.defaults": UNION,
-    "benchmarks.planner": ["--layers", "4"],
-    "benchmarks.link_cost": "tests/benchmarks/test_netbench.py::"
+    "benchmarks.micro.compressors": ["--repeats", "1"],
+    "benchmarks.network.netbench": UNION,
+    "benchmarks.accuracy.defaults": UNION,
+    "benchmarks.micro.planner": ["--layers", "4"],
+    "benchmarks.network.link_cost": "tests/benchmarks/network/test_netbench.py::"
                             "test_link_cost_measures_compute_next_to_a_saturating_flow",
-    "benchmarks.data_quality": ["--datasets", "digits", "--seeds", "1", "--steps", "20",
+    "benchmarks.data.quality": ["--datasets", "digits", "--seeds", "1", "--steps", "20",
                                 "--probe-epochs", "1"],
-    "benchmarks.data_scale": ["--n", "3000", "--sizes", "1000,3000", "--dim", "16"],
-    "benchmarks.gnnpipe": "tests/benchmarks/test_gnnpipe_bench.py::"
+    "benchmarks.data.scale": ["--n", "3000", "--sizes", "1000,3000", "--dim", "16"],
+    "benchmarks.gnn.gnnpipe": "tests/benchmarks/gnn/test_gnnpipe.py::"
                           "test_gnnpipe_records_every_mode",
     "benchmarks.integrations": ["--steps", "3", "--width", "16"],
-    "benchmarks.co2_outer": ["--quick", "--workloads", "resnet", "--taus", "2"],
+    "benchmarks.accuracy.co2_outer": ["--quick", "--workloads", "resnet", "--taus", "2"],
 }
 
 
@@ -79,7 +79,8 @@ def smoke_unions() -> list[list[str]]:
                 arms.setdefault(w, {}).update(
                     dict.fromkeys(a for a in args.arms if lm_only is None or a in lm_only))
         for w, names in arms.items():
-            pick = ["--lm-arms", ",".join(names)] if module == "benchmarks.defaults" else []
+            pick = ["--lm-arms", ",".join(names)] if module == "benchmarks.accuracy.defaults" \
+                else []
             cmds.append(["-m", module, "--smoke", "--workloads", w, "--arms", ",".join(names),
                          *pick])
     return cmds
@@ -131,7 +132,8 @@ def test_every_benchmark_module_has_a_tiny_size():
 
 @pytest.mark.parametrize("argv", [a for a, _ in TINY_RUNS], ids=[i for _, i in TINY_RUNS])
 def test_bench_command_runs_at_a_tiny_size(argv, tmp_path):
-    if os.geteuid() != 0 and argv[1] in ("benchmarks.netbench", "benchmarks.link_cost"):
+    if os.geteuid() != 0 and argv[1] in ("benchmarks.network.netbench",
+                                         "benchmarks.network.link_cost"):
         pytest.skip("needs root for its network namespaces (ip netns, veth, tc)")
     cmd = shrunk(argv, tmp_path)
     proc = subprocess.run([sys.executable, *cmd], cwd=REPO, env=ENV, capture_output=True,

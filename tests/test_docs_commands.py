@@ -34,7 +34,7 @@ DEEPSPEED_TEST = ("tests/hooks/test_deepspeed.py::"
 TINY: dict[str, tuple] = {
     "make demo": ("run", []),
     "make gpu-check": ("run", []),  # no CUDA here: it starts, says so and skips
-    "python -m benchmarks.gpu": ("run", ["--elements", "8192", "--json",
+    "python -m benchmarks.micro.gpu": ("run", ["--elements", "8192", "--json",
                                           "bench-results/gpu-readme.json"]),
     "make test": ("test", ".ci/run", "CI itself is `make test`"),
     "make docs": ("test", "Makefile::test", "`make test` depends on `docs`"),
@@ -68,8 +68,9 @@ TINY: dict[str, tuple] = {
         "test", "tests/launch/test_train.py::test_mpirun_launch", "Open MPI as root"),
     "sbatch slurm/train.sbatch": ("test", "tests/slurm/test_templates.py",
                                   "a local slurmctld + slurmd"),
-    "python -m benchmarks.netbench --workloads cnn --arms allreduce,powersgd": (
-        "test", "tests/benchmarks/test_netbench.py::test_readmes_netbench_command_at_quick_size",
+    "python -m benchmarks.network.netbench --workloads cnn --arms allreduce,powersgd": (
+        "test", "tests/benchmarks/network/test_netbench.py::"
+        "test_readmes_netbench_command_at_quick_size",
         "with --quick, where the other network-namespace tests run (one worker at a time)"),
     # the data CLI, in README's order, on tiny stand-ins for ds/ and digits/ (one test below)
     "distcomp-data inspect --input ds/": ("data", []),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.netbench import accuracy, smooth_for, smoothed
-from benchmarks.netbench_report import frontier_points, section
+from benchmarks.network.netbench import accuracy, smooth_for, smoothed
+from benchmarks.network.report import frontier_points, section
 
 
 def test_smoothed_is_a_trailing_mean():
@@ -50,7 +50,7 @@ def test_report_table_and_frontier_points():
     results[2]["steps_run"] = 200
     payload = {"config": {"bandwidth": "100mbit", "burst": "32kbit", "delay": None,
                           "steps": {"resnet": 100}, "warmup_steps": 3, "workloads": ["resnet"],
-                          "command": "python -m benchmarks.netbench",
+                          "command": "python -m benchmarks.network.netbench",
                           "env": {"cpus": 2, "machine": "x86_64", "torch": "2"}},
                "results": results, "figures": {}, "curves": {}}
     text = section(payload, "x.json")

@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from benchmarks.compressors import SETTINGS, one_round
+from benchmarks.micro.compressors import SETTINGS, one_round
 from distcomp.compression.bitpack import pack_bits, unpack_bits
 from distcomp.compression.compressor import get_compressor
 

@@ -1,0 +1,1 @@
+"""Dataset compression: quality of the kept subsets, scale, and the report."""

@@ -1,0 +1,1 @@
+"""GNNPipe against graph parallelism: the benchmark, its ranks and its report."""

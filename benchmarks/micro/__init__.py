@@ -1,0 +1,1 @@
+"""One process, no network: compressors, the planner, the GPU."""

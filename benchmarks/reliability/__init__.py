@@ -1,0 +1,1 @@
+"""Soak runs of every arm, and every bad input meeting a clear error."""
