@@ -15,7 +15,7 @@ samples by:
 - a column name (or ``column:NAME`` for a column named like a mode): an existing embedding,
   used as stored;
 - ``auto`` (default): ``--model``'s embedding when a model is given, else per method the
-  source that did better on this project's validation split (``benchmarks/data_quality.py
+  source that did better on this project's validation split (``benchmarks/data/quality.py
   --split val``, README "How the feature source was chosen"): k-center and DQ over k-means
   bins on the inputs (k-center on the probe's layer lost to random at 10% on mnist1d, -1.6
   points; on the inputs it won, +9.1), DQ (GraphCut) and moderate on the probe's layer.
