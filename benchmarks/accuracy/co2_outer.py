@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import environment, free_port, spawn_ranks, write_json
-from benchmarks.network.netbench import smooth_for, smoothed
+from benchmarks.metrics import smooth_for, smoothed
 from distcomp.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[2]

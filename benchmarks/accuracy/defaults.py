@@ -28,6 +28,7 @@ import torch
 
 from benchmarks.accuracy.frontier import frontier_rows, frontier_table
 from benchmarks.accuracy.frontier import plot as plot_frontier
+from benchmarks.arms import Arm, RunSettings, method_arms
 from benchmarks.common import (
     ci95,
     environment,
@@ -36,14 +37,8 @@ from benchmarks.common import (
     spawn_ranks,
     write_json,
 )
-from benchmarks.network.netbench import smooth_for, smoothed
-from benchmarks.network.worker import (
-    FAMILY_KNOB,
-    TORCH_HOOKS,
-    bucket_cap_mb,
-    register_torch_hook,
-    setting_value,
-)
+from benchmarks.metrics import smooth_for, smoothed
+from distcomp import method_class
 from distcomp.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,13 +58,13 @@ STEPS = {"full": {"lm": 150, "cnn": 300, "resnet": 600},
          # smoke: a 1-step dense warm-up where the arm sets none (torch's least: 2)
          "smoke": {"lm": 3, "cnn": 4, "resnet": 4}}
 OLD = {"rank": 4, "warmup_steps": 0, "accordion": False, "min_compression_rate": 1.0}
-# name -> (method, options): the defaults, then each with one default undone
+# named variants: name -> (arm, hook options that change); every other arm of benchmarks.arms
+# (each method, "lgreco_topk", ...) runs under its own name. The defaults, each with one undone:
 ARMS = {
-    "allreduce": (None, {}),
+    "allreduce": ("allreduce", {}),
     # torch's fp16_compress_hook: nearly exact, so its ratio is how far any perturbation of the
     # trajectory moves the loss at equal steps, the floor under every compressed arm's ratio
     "torch fp16 (noise floor)": ("torch_fp16", {}),
-    "powersgd": ("powersgd", {}),
     "powersgd no warm-up": ("powersgd", {"warmup_steps": 0}),
     "powersgd no accordion": ("powersgd", {"accordion": False}),
     "powersgd rank 4": ("powersgd", {"rank": 4}),
@@ -81,47 +76,46 @@ ARMS = {
     "powersgd accordion threshold 0.2": ("powersgd", {"accordion_threshold": 0.2}),
     # L-GreCo with the library's planner defaults, budgeted on uniform rank 8 and rank 16:
     # does per-layer rank buy rank 16's accuracy for fewer bytes than uniform rank 16?
-    "lgreco powersgd": ("lgreco_powersgd", {}),
     "lgreco powersgd rank 16": ("lgreco_powersgd", {"rank": 16}),
     # ... planned on each layer's error relative to its gradient (Adam rescales every layer)
-    "lgreco powersgd relative": ("lgreco_powersgd", {"lgreco": {"error_measure": "relative"}}),
-    "lgreco powersgd relative rank 16": ("lgreco_powersgd",
-                                         {"rank": 16, "lgreco": {"error_measure": "relative"}}),
-    # the other families under the planner, for budget sweeps over seeds (NAME@SETTING)
-    "lgreco topk": ("lgreco_topk", {}),
-    "lgreco qsgd": ("lgreco_qsgd", {}),
+    "lgreco powersgd relative rank 16": ("lgreco_powersgd_relative", {"rank": 16}),
     # torch's powerSGD_hook at our rank and dense warm-up, one bucket (its several-bucket race
-    # aborts gloo, see netbench_worker.bucket_cap_mb): the anchor for "powersgd no accordion"
+    # aborts gloo, see benchmarks.arms.Arm.bucket_cap_mb): the anchor for "powersgd no accordion"
     "torch powersgd (rank 8 warm-up 10)": ("torch_powersgd", {}),
-    "topk": ("topk", {}),
     "topk no momentum correction": ("topk", {"momentum": 0.0}),
     "topk no accordion": ("topk", {"accordion": False}),
     "topk density warm-up 100": ("topk", {"density_warmup_steps": 100}),
     "topk before (#24)": ("topk", {"momentum": 0.0, "warmup_steps": 0, "accordion": False,
                                    "min_compression_rate": 1.0}),
-    "qsgd": ("qsgd", {}),
     "qsgd no accordion": ("qsgd", {"accordion": False}),
 }
+# older names of arms that are now benchmarks.arms forms (the committed results use them)
+ALIASES = {"lgreco powersgd": "lgreco_powersgd", "lgreco powersgd relative":
+           "lgreco_powersgd_relative", "lgreco topk": "lgreco_topk", "lgreco qsgd": "lgreco_qsgd"}
 # named only, not in "all": candidates for a default, and torch's hook as an anchor
-NAMED_ONLY = {"powersgd rank 16", "powersgd accordion threshold 0.2", "lgreco powersgd",
-              "lgreco powersgd rank 16", "lgreco powersgd relative",
-              "lgreco powersgd relative rank 16", "lgreco topk", "lgreco qsgd",
-              "torch powersgd (rank 8 warm-up 10)"}
+NAMED_ONLY = {"powersgd rank 16", "powersgd accordion threshold 0.2", "lgreco powersgd rank 16",
+              "lgreco powersgd relative rank 16", "torch powersgd (rank 8 warm-up 10)"}
 
 
-def arm_spec(arm: str) -> tuple[str | None, dict]:
-    """An arm's (method, hook options). ``NAME@SETTING`` is arm NAME with its family's knob
-    (rank, density or bits) at SETTING, everything else as NAME has it, so budget sweeps
+def default_arms() -> list[str]:
+    """'all': plain DDP, the noise floor, every method with the defaults, and each named
+    variant not in NAMED_ONLY."""
+    named = [a for a in ARMS if a not in NAMED_ONLY]
+    return [*named[:2], *method_arms(), *named[2:]]
+
+
+def arm_spec(arm: str) -> tuple[str, dict]:
+    """An arm's (benchmarks.arms text, hook options that change): a named variant, an older
+    name, or any arm of benchmarks.arms. ``NAME@SETTING`` is arm NAME with its method's knob
+    (rank, density, bits, ...) at SETTING, everything else as NAME has it, so budget sweeps
     (``powersgd@2``, ``lgreco topk@0.003``) are measured over seeds like any arm; ValueError
-    for an unknown name or a setting that is not a number."""
+    for an unknown name or a setting the knob does not take."""
     name, at, setting = arm.partition("@")
-    if name not in ARMS:
-        raise ValueError(f"unknown arm {name!r}")
-    method, options = ARMS[name]
-    if not at:
-        return method, options
-    knob = FAMILY_KNOB.get((method or "").removeprefix("lgreco_"))
-    return method, {**options, knob: setting_value(arm, knob, setting)}
+    text, options = ARMS.get(name, (ALIASES.get(name, name), {}))
+    parsed = Arm.parse(text + at + setting)
+    if parsed.setting is not None:  # the @SETTING wins over the variant's own knob
+        options = {k: v for k, v in options.items() if k != method_class(parsed.method).knob}
+    return parsed.text, options
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -129,9 +123,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workloads", default="resnet,cnn,lm")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (paired across arms)")
     p.add_argument("--arms", default="all",
-                   help=f"comma list from: {', '.join(ARMS)}, each optionally NAME@SETTING "
-                        "(its rank, density or bits); 'all' (the default): all but "
-                        f"{', '.join(sorted(NAMED_ONLY))}")
+                   help=f"comma list of the named variants ({', '.join(ARMS)}) and any arm of "
+                        "benchmarks.arms (every method, lgreco_METHOD, ...), each optionally "
+                        "NAME@SETTING (its method's knob); 'all' (the default): every method "
+                        f"and every variant but {', '.join(sorted(NAMED_ONLY))}")
     p.add_argument("--lm-arms", default="allreduce,torch fp16 (noise floor),powersgd,"
                    "powersgd no warm-up,powersgd no accordion,powersgd before (#24),topk,qsgd",
                    help="the arms the (slow) lm workload runs, from --arms")
@@ -146,8 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    args.arms = ([a for a in ARMS if a not in NAMED_ONLY] if args.arms == "all"
-                 else args.arms.split(","))
+    args.arms = default_arms() if args.arms == "all" else args.arms.split(",")
     args.lm_arms = args.lm_arms.split(",")
     bad = [w for w in args.workloads if w not in WORKLOADS]
     if bad:
@@ -156,7 +150,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         try:
             arm_spec(arm)
         except ValueError as e:
-            p.error(f"{e}; arms: {list(ARMS)}, each optionally NAME@SETTING")
+            p.error(f"{e}; named variants: {list(ARMS)}, each optionally NAME@SETTING")
     if "allreduce" not in args.arms:
         args.arms.insert(0, "allreduce")  # every ratio is to it
     return args
@@ -180,35 +174,20 @@ def _rank(rank: int, port: int, spec: dict, out: str) -> None:
 
 
 def _train(rank: int, spec: dict) -> dict:
-    """One arm: its hook (with momentum correction for top-k where the workload trains with
-    momentum SGD, as its users are told), fixed steps, then the mean loss curve over ranks,
+    """One arm: its hook (what the method reads from the workload's optimizer included: top-k's
+    momentum correction with momentum SGD), fixed steps, then the mean loss curve over ranks,
     the ledger's bytes per step and L-GreCo's plans."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     workload = WORKLOADS[spec["workload"]](spec["data"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])
-    method, options = arm_spec(spec["arm"])
+    text, options = arm_spec(spec["arm"])
+    arm = Arm.parse(text)
     net = workload.model()
-    model = DDP(net, bucket_cap_mb=bucket_cap_mb(
-        "torch_powersgd" if method == "torch_powersgd" else "allreduce", net, ddp_buckets=False))
-    state = None
-    if method in TORCH_HOOKS:
-        register_torch_hook(model, method, dense=2 if spec.get("smoke") else None)
-    elif method is not None:
-        from distcomp.hooks import CompressionState, LGreCoState, compression_hook
-
-        if spec.get("smoke"):
-            options = {"warmup_steps": 1, **options}
-
-        if method.removeprefix("lgreco_") == "topk":
-            options = {"momentum": getattr(workload, "momentum", 0.0), **options}
-        if method.startswith("lgreco_"):
-            state = LGreCoState(model, method.removeprefix("lgreco_"), **options)
-        else:
-            state = CompressionState(model, method, **options)
-        model.register_comm_hook(state, compression_hook)
-    opt = workload.optimizer(model.parameters())
+    model = DDP(net, bucket_cap_mb=arm.bucket_cap_mb(net))
+    run = RunSettings(dense_warmup=1 if spec.get("smoke") else None, extra=options)
+    opt, state = arm.setup(model, workload.optimizer(model.parameters()), run)
     losses = []
     for step in range(spec["steps"]):
         losses.append(workload.train_step(model, opt, step, rank))

@@ -16,10 +16,18 @@ import statistics
 from benchmarks.common import ci95
 from benchmarks.network.report import save_figure
 
-# arm name in benchmarks.accuracy.defaults -> (family, side)
-SIDES = {"powersgd": ("powersgd", "uniform"), "lgreco powersgd": ("powersgd", "L-GreCo"),
-         "topk": ("topk", "uniform"), "lgreco topk": ("topk", "L-GreCo"),
-         "qsgd": ("qsgd", "uniform"), "lgreco qsgd": ("qsgd", "L-GreCo")}
+
+def sweep_side(arm: str) -> tuple[str, str] | None:
+    """(method, "uniform" or "L-GreCo") of a budget-sweep arm of ``benchmarks.accuracy.defaults``
+    (``powersgd@4``, ``lgreco powersgd@4``); None for any other arm."""
+    from benchmarks.accuracy.defaults import arm_spec
+    from benchmarks.arms import Arm
+
+    text, options = arm_spec(arm)
+    parsed = Arm.parse(text)
+    if options or parsed.kind != "ours" or parsed.fixed or parsed.flat or parsed.measure:
+        return None
+    return parsed.method, "L-GreCo" if parsed.adaptive else "uniform"
 
 
 def frontier_rows(runs: list[dict]) -> list[dict]:
@@ -28,11 +36,11 @@ def frontier_rows(runs: list[dict]) -> list[dict]:
     base = {(r["workload"], r["seed"]): r["loss"] for r in runs if r["arm"] == "allreduce"}
     sides: dict = {}
     for r in runs:
-        name, _, budget = r["arm"].partition("@")
-        if budget and name in SIDES:
-            family, side = SIDES[name]
-            key = (r["workload"], family, float(budget))
-            sides.setdefault(key, {}).setdefault(side, {})[r["seed"]] = r
+        budget = r["arm"].partition("@")[2]
+        found = sweep_side(r["arm"]) if budget else None
+        if found:
+            key = (r["workload"], found[0], float(budget))
+            sides.setdefault(key, {}).setdefault(found[1], {})[r["seed"]] = r
     rows = []
     for (w, family, budget), by_side in sorted(sides.items()):
         if len(by_side) < 2:

@@ -3,7 +3,8 @@
     python -m benchmarks.micro.compressors [--json PATH] [--repeats N]
 
 The gradients are real: one backward pass of a 32-1024-1024-10 MLP on the offline teacher task
-(see launch/train.py), taken after a few SGD steps. For each method at its default setting:
+(see launch/train.py), taken after a few SGD steps. For each registered method at three
+settings (:func:`sweep`: L-GreCo's harshest candidate, the default, the gentle setting):
 bytes sent per step (the ledger's unit: payload this rank hands to collectives), compression
 ratio vs dense fp32, relative error ||g - C(g)|| / ||g|| of one compression round on one rank,
 and the median time of compress + decompress on this machine (single rank, no network).
@@ -19,15 +20,22 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.common import environment, write_json
-from distcomp import CompressionConfig
-from distcomp.compression.methods.powersgd import as_matrix, orthogonalize
+from distcomp import LGreCoConfig, get_compressor, method_names
 from distcomp.workloads.teacher import TeacherTask
 
-SETTINGS = [
-    ("powersgd", {"rank": 1}), ("powersgd", {"rank": 4}), ("powersgd", {"rank": 16}),
-    ("topk", {"density": 0.001}), ("topk", {"density": 0.01}), ("topk", {"density": 0.1}),
-    ("qsgd", {"bits": 2}), ("qsgd", {"bits": 4}), ("qsgd", {"bits": 8}),
-]
+
+def sweep(name: str) -> list[dict]:
+    """Three settings of a method, as option dicts: L-GreCo's harshest candidate for a
+    1024 x 1024 layer, the default, and the Accordion-style schedule's gentle setting."""
+    comp = get_compressor(name)
+    harsh = comp.candidates(comp.setting, torch.Size([1024, 1024]),
+                            LGreCoConfig().plan_for(name))
+    harshest = min(harsh, key=lambda s: comp.wire_bytes(torch.Size([1024, 1024]), s))
+    points = [harshest, comp.setting, comp.gentle(comp.setting)]
+    return [{comp.knob: s} for s in dict.fromkeys(points)]
+
+
+SETTINGS = [(name, setting) for name in method_names() for setting in sweep(name)]
 
 
 def real_gradients(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -45,16 +53,10 @@ def real_gradients(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def one_round(method: str, setting: dict, g: torch.Tensor, gen: torch.Generator):
-    config = CompressionConfig(method, **setting)
-    comp = config.compressor()
-    if method == "powersgd":
-        m = as_matrix(g)
-        q = comp.initial_q(g.shape, config.rank, 0, "bench", g.device)
-        p = orthogonalize(m @ q)
-        return (p @ (m.t() @ p).t()).view_as(g), comp.wire_bytes(g.shape, config.rank)
-    flat = g.reshape(-1)
-    payload = comp.encode(flat, config.setting, gen)
-    return comp.decode(payload, flat.numel(), config.setting).view_as(g), payload.numel()
+    """(C(g), payload bytes): one compression round of one rank alone, through the method's
+    own reduce (:meth:`~distcomp.compression.compressor.Compressor.roundtrip`)."""
+    comp = get_compressor(method, **setting)
+    return comp.roundtrip(g, comp.setting, gen), comp.wire_bytes(g.shape, comp.setting)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import time
 import torch
 
 from benchmarks.common import environment, write_json
-from distcomp import CompressionConfig
+from distcomp import CompressionConfig, method_names
 from distcomp.compression.lgreco import LGreCo, LGreCoConfig
 from distcomp.compression.planner import solve
 
@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(1)
     grads = gradients(args.layers)
     results = []
-    for method in ("powersgd", "topk", "qsgd"):
+    for method in method_names():
         config = CompressionConfig(method)
         comp = config.compressor()
         plan_times, dp_times = [], []

@@ -31,16 +31,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.arms import Arm, builtin_arms, method_arms
 from benchmarks.common import NATIVE_ABORT, RETRY_PORT_OFFSET, environment, reap, write_json
+from benchmarks.metrics import accuracy, smooth_for
 from benchmarks.network.launch import error_excerpt, launch, watch
 from benchmarks.network.netns import NetnsError, TwoHosts, require_root
-from benchmarks.network.worker import ARMS, CO2_ARMS, FIXED_ARMS, LGRECO_ARMS, split_arm
+from distcomp.compression.flags import add_method_flags
 from distcomp.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[2]
-LGRECO_BASE = [(arm, family) for arm, (family, _) in LGRECO_ARMS.items()]
-CORE_ARMS = [a for a in ARMS if a not in LGRECO_ARMS and a not in CO2_ARMS
-             and a not in FIXED_ARMS]
 STEPS = {"full": {"lm": 150, "cnn": 300, "resnet": 600},
          "quick": {"lm": 7, "cnn": 16, "resnet": 16}}
 PAST_TARGET = 2.0  # arms may run up to this many times allreduce's steps to reach its loss
@@ -48,8 +47,10 @@ PAST_TARGET = 2.0  # arms may run up to this many times allreduce's steps to rea
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arms", default=",".join(CORE_ARMS),
-                   help=f"comma list from: {','.join(ARMS)}; or 'all' (default: the core arms)")
+    p.add_argument("--arms", default=None,
+                   help=f"comma list of arms (benchmarks.arms: {', '.join(builtin_arms())}, every "
+                        "method and its variants, ARM@SETTING); 'all': every builtin arm, method "
+                        "and L-GreCo form; default: DDP, local, torch's hooks and every method")
     p.add_argument("--workloads", default="lm,resnet")
     p.add_argument("--bandwidth", default="100mbit", help="tc rate, or 'none' for no shaping")
     p.add_argument("--burst", default=None,
@@ -62,11 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "link shaping; its figures are not measurements")
     p.add_argument("--steps", type=int, default=None, help="override steps for every workload")
     p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps at the start")
-    p.add_argument("--rank", type=int, default=None,
-                   help="PowerSGD rank, ours and torch's (default: the library's)")
-    p.add_argument("--density", type=float, default=None,
-                   help="top-k density (default: the library's)")
-    p.add_argument("--bits", type=int, default=None, help="QSGD bits (default: the library's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ranks-per-host", type=int, default=1,
                    help="ranks in each namespace (world = 2 x this); between them traffic "
@@ -81,12 +77,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=str(REPO / "bench-results" / "data"))
     p.add_argument("--json", default=str(REPO / "bench-results" / "netbench.json"))
     p.add_argument("--plot", default=None, help="PNG path (default: next to the JSON)")
+    knobs = add_method_flags(p)  # --rank (ours and torch's PowerSGD), --density, ...
     args = p.parse_args(argv)
-    args.arms = ARMS if args.arms == "all" else [a for a in args.arms.split(",") if a]
+    args.knobs = {k: getattr(args, k) for k in knobs if getattr(args, k) is not None}
+    if args.arms == "all":
+        args.arms = [*builtin_arms(), *method_arms(), *method_arms("lgreco_")]
+    elif args.arms is None:
+        args.arms = ["allreduce", "local", "torch_fp16", "torch_powersgd", *method_arms()]
+    else:
+        args.arms = [a for a in args.arms.split(",") if a]
     args.workloads = [w for w in args.workloads.split(",") if w]
     for arm in args.arms:
         try:
-            split_arm(arm)
+            Arm.parse(arm)
         except ValueError as err:
             p.error(str(err))
     bad = [w for w in args.workloads if w not in WORKLOADS]
@@ -112,11 +115,6 @@ def steps_for(args, workload: str) -> int:
 
 
 SMOKE_STEPS = 3  # past torch's 2 dense steps; CO2 / DiLoCo average every step (tau 1)
-
-
-def smooth_for(steps: int) -> int:
-    """k, the steps in the smoothed loss: a tenth of the run, at least 5."""
-    return max(5, steps // 10)
 
 
 def run_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int, out_dir: Path,
@@ -147,8 +145,7 @@ def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int
     chase = target is not None and set(arms).isdisjoint({"local", "local_node", "allreduce"})
     extra = [f"--max-steps={int(PAST_TARGET * steps)}", f"--target-loss={target}"] if chase \
         else []
-    knobs = [f"--{k}={getattr(args, k)}" for k in ("rank", "density", "bits")
-             if getattr(args, k) is not None]
+    knobs = [f"--{k.replace('_', '-')}={v}" for k, v in args.knobs.items()]
     warmup = 1 if args.smoke else args.warmup_steps
     lgreco = ([f"--lgreco-warmup={warmup}", "--lgreco-period=1", "--lgreco-window=1",
                f"--dense-warmup={warmup}"] if args.smoke else
@@ -219,37 +216,6 @@ def merge(out_dir: Path, workload: str, arm: str, steps: int, target: float | No
     }
 
 
-def smoothed(curve: list[float], k: int) -> list[float]:
-    """Trailing mean over k steps (over the steps so far for the first k - 1)."""
-    out, total = [], 0.0
-    for i, x in enumerate(curve):
-        total += x - (curve[i - k] if i >= k else 0.0)
-        out.append(total / min(i + 1, k))
-    return out
-
-
-def accuracy(curve: list[float], clock: list[float], steps: int, target: float | None) -> dict:
-    """Loss at equal steps (smoothed loss at step ``steps``) and time to ``target``: the clock
-    at the first step whose smoothed loss is <= target (None, with the reason, if none is).
-    Without a target (no allreduce arm, or allreduce itself) the target is this arm's own
-    loss at equal steps."""
-    k = smooth_for(steps)
-    smooth = smoothed(curve, k)
-    at_equal = smooth[min(steps, len(smooth)) - 1]
-    goal = at_equal if target is None else target
-    hit = next((i for i, x in enumerate(smooth) if i >= k - 1 and x <= goal), None)
-    why = None
-    if hit is None:
-        why = (f"smoothed loss {smooth[-1]:.4g} after {len(curve)} steps "
-               f"({len(curve) / steps:.2g}x allreduce's) is above the target {goal:.4g}")
-    return {
-        "loss_at_equal_steps": at_equal, "equal_steps": steps, "smooth_steps": k,
-        "target_loss": goal, "steps_run": len(curve),
-        "time_to_target_s": None if hit is None else clock[hit],
-        "steps_to_target": None if hit is None else hit + 1, "time_to_target_why": why,
-    }
-
-
 def _mean(values: list[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -264,9 +230,13 @@ def figures(results: list[dict]) -> dict:
         return ra[key] / rb[key] if ok else None
 
     wire, time_ = "wire_bytes_per_step", "step_time_s"
-    other_tau = list(dict.fromkeys(r["arm"] for r in results  # "co2_bf16@2": CO2 at tau 2
-                                   if "@" in r["arm"] and split_arm(r["arm"])[0] in CO2_ARMS))
-    compressed = [a for a in [*ARMS, *other_tau] if a not in ("local", "local_node", "allreduce")]
+    arms = {a: Arm.parse(a) for a in dict.fromkeys(r["arm"] for r in results)}
+    other_tau = [a for a, arm in arms.items() if arm.kind == "co2" and arm.setting is not None]
+    compressed = [a for a, arm in arms.items() if arm.setting is None and
+                  arm.kind not in ("local", "local_node", "allreduce")] + other_tau
+    ours = [a for a, arm in arms.items() if arm.kind == "ours" and arm.setting is None]
+    plain = [a for a in ours if not (arms[a].adaptive or arms[a].fixed or arms[a].flat)]
+    adaptive = [(a, arms[a].method) for a in ours if arms[a].adaptive]
     local_pairs = [*LOCAL_PAIRS, *((a, "local") for a in other_tau),
                    *((a, "local_node") for a in ("co2_bf16", *other_tau))]
     return {
@@ -276,16 +246,15 @@ def figures(results: list[dict]) -> dict:
                for a in compressed},
             **{f"{a}_over_allreduce_time_to_target":
                ratio(w, a, "allreduce", "time_to_target_s") for a in compressed},
-            "powersgd_fixed_over_torch_powersgd_loss":
-                ratio(w, "powersgd_fixed", "torch_powersgd", "loss_at_equal_steps"),
-            "powersgd_over_torch_powersgd_loss":
-                ratio(w, "powersgd", "torch_powersgd", "loss_at_equal_steps"),
-            "powersgd_over_allreduce_wire": ratio(w, "powersgd", "allreduce", wire),
-            "powersgd_over_allreduce_time": ratio(w, "powersgd", "allreduce", time_),
-            "powersgd_over_torch_fp16_time": ratio(w, "powersgd", "torch_fp16", time_),
-            "powersgd_over_torch_powersgd_time": ratio(w, "powersgd", "torch_powersgd", time_),
-            **{f"{lg}_over_{base}_wire": ratio(w, lg, base, wire) for lg, base in LGRECO_BASE},
-            **{f"{lg}_over_{base}_time": ratio(w, lg, base, time_) for lg, base in LGRECO_BASE},
+            # ours beside the anchors: torch's own hooks, and plain DDP's bytes and steps
+            **{f"{a}_over_torch_powersgd_loss":
+               ratio(w, a, "torch_powersgd", "loss_at_equal_steps") for a in ours},
+            **{f"{a}_over_{b}_{k}": ratio(w, a, b, key) for a in ours
+               for b, k, key in (("allreduce", "wire", wire), ("allreduce", "time", time_),
+                                 ("torch_fp16", "time", time_),
+                                 ("torch_powersgd", "time", time_))},
+            **{f"{lg}_over_{base}_wire": ratio(w, lg, base, wire) for lg, base in adaptive},
+            **{f"{lg}_over_{base}_time": ratio(w, lg, base, time_) for lg, base in adaptive},
             # local-updating arms: mean step time (boundary steps included), and wall-clock
             # per step (ranks drift apart between rounds, so a per-step max over ranks
             # counts each rank's jitter; the job's elapsed time does not), overlap ratio
@@ -295,7 +264,7 @@ def figures(results: list[dict]) -> dict:
                                    by.get((w, "local"))),
             # several ranks per host: three stages (the default) against the flat reduction
             **{f"{a}_over_{a}_flat_{k}": ratio(w, a, f"{a}_flat", key)
-               for a in ("powersgd", "topk", "qsgd")
+               for a in plain if f"{a}_flat" in arms
                for k, key in (("wire", wire), ("payload", "ledger_bytes_per_step"),
                               ("time", time_), ("loss", "loss_at_equal_steps"))},
             "co2_bf16_over_co2_bf16_flat_outer_state":
@@ -370,8 +339,7 @@ def main(argv=None) -> int:
             "arms": args.arms, "workloads": args.workloads,
             "steps": {w: SMOKE_STEPS if args.smoke else steps_for(args, w)
                       for w in args.workloads},
-            "warmup_steps": args.warmup_steps, "rank": args.rank, "density": args.density,
-            "bits": args.bits, "seed": args.seed, "tau": args.tau,
+            "warmup_steps": args.warmup_steps, **args.knobs, "seed": args.seed, "tau": args.tau,
             "outer_momentum": args.outer_momentum,
             "ranks_per_host": args.ranks_per_host,
             "command": "python -m benchmarks.network.netbench " + " ".join(argv or sys.argv[1:]),

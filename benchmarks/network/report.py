@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import zlib
 from pathlib import Path
 
 from benchmarks.common import replace_block
-from benchmarks.network.netbench import smoothed
+from benchmarks.metrics import smoothed
 from benchmarks.network.netns import default_burst
 
 START, END = "<!-- netbench:start -->", "<!-- netbench:end -->"
@@ -83,10 +84,8 @@ def plot(payload: dict, path: str) -> None:
 
 
 def _color(arm: str) -> str:
-    from benchmarks.network.worker import ARMS
-
-    name = arm.partition("@")[0]
-    return f"C{ARMS.index(name) % 10}" if name in ARMS else "black"
+    """The same colour for an arm in every plot: from its name (settings share it)."""
+    return f"C{zlib.crc32(arm.partition('@')[0].encode()) % 10}"
 
 
 def plot_frontier(payload: dict, path: str) -> None:
@@ -129,19 +128,16 @@ def frontier_points(payload: dict) -> dict:
     """(workload, family) -> {"uniform": [...], "adaptive": [...]}, each point (wire bytes per
     step, loss at equal steps, time to target or None, setting), from the arms run at an
     explicit setting (``ARM@SETTING``)."""
-    from benchmarks.network.worker import LGRECO_ARMS, OUR_ARMS
+    from benchmarks.arms import Arm
 
     out: dict = {}
     for r in payload["results"]:
-        name, _, setting = r["arm"].partition("@")
-        if r["status"] != "ok" or not setting:
+        setting = r["arm"].partition("@")[2]
+        arm = Arm.parse(r["arm"])
+        if r["status"] != "ok" or not setting or arm.kind != "ours" or arm.fixed or arm.flat \
+                or arm.measure:
             continue
-        if name in OUR_ARMS:
-            key, kind = (r["workload"], name), "uniform"
-        elif name in LGRECO_ARMS and not LGRECO_ARMS[name][1]:
-            key, kind = (r["workload"], LGRECO_ARMS[name][0]), "adaptive"
-        else:
-            continue
+        key, kind = (r["workload"], arm.method), "adaptive" if arm.adaptive else "uniform"
         point = (r["wire_bytes_per_step"], r["loss_at_equal_steps"], r.get("time_to_target_s"),
                  setting)
         out.setdefault(key, {"uniform": [], "adaptive": []})[kind].append(point)

@@ -148,7 +148,7 @@ HOOK_CASES = [
     Case("topk-density-zero", "hooks", "error", _state("topk", density=0.0), "density"),
     Case("topk-density-above-one", "hooks", "error", _state("topk", density=1.5), "density"),
     Case("qsgd-bits-unsupported", "hooks", "error", _state("qsgd", bits=9), "bits"),
-    Case("unknown-method", "hooks", "error", _state("fp8"), "method"),
+    Case("unknown-method", "hooks", "error", _state("no-such-method"), "method"),
     Case("misspelt-option", "hooks", "error", _state(rnak=4), "rnak"),
     Case("timeout-not-positive", "hooks", "error", _state(timeout_s=0), "timeout_s"),
     Case("error-feedback-not-bool", "hooks", "error", _state(error_feedback="yes"),

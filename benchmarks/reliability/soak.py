@@ -37,12 +37,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.arms import method_arms
 from benchmarks.common import environment, free_port, replace_block, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 TORCH_ARMS = ["torch_powersgd", "torch_fp16"]
-ARMS = ["allreduce", "powersgd", "topk", "qsgd", "lgreco_powersgd", "lgreco_topk",
-        "lgreco_qsgd", "co2", "gnnpipe", *TORCH_ARMS]
+ARMS = ["allreduce", *method_arms(), *method_arms("lgreco_"), "co2", "gnnpipe", *TORCH_ARMS]
 LOSSY = {"delay": "20ms 10ms", "loss": "1%"}
 
 

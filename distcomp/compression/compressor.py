@@ -179,6 +179,14 @@ class Compressor(ABC):
         warm-start Q), checkpointed by the reducer; write it only after a successful first
         round. None where ``first_round`` returned None."""
 
+    def roundtrip(self, x: torch.Tensor, setting: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """C(x): what the method makes of ``x`` (any shape, fp32 result) at ``setting`` on a
+        world of one rank, through its own :meth:`reduce` (``generator``: its random numbers;
+        PowerSGD starts from a fresh Q)."""
+        item = Item("roundtrip", x.detach().float(), setting)
+        return self.reduce([item], _Alone(x.device, generator), {})[0].average
+
     # -- L-GreCo ---------------------------------------------------------------------------------
     @abstractmethod
     def candidates(self, uniform: float, shape: torch.Size, plan: Knobs | None) -> list[float]:
@@ -236,12 +244,6 @@ class GatherCompressor(Compressor):
                 kept = decoded
         return out, kept
 
-    def roundtrip(self, x: torch.Tensor, setting: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """C(x): what the rest of the world sees of ``x`` (same shape as ``x``)."""
-        flat = x.reshape(-1).float()
-        return self.decode(self.encode(flat, setting, generator), flat.numel(), setting).view_as(x)
-
     def reduce(self, items: list[Item], exchange: Exchange,
                memory: dict[str, torch.Tensor]) -> list[Reduced] | None:
         """Encode every item (own random numbers per rank), all-gather the payloads beside the
@@ -271,6 +273,46 @@ def bytes_as(data: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if data.storage_offset() % itemsize or not data.is_contiguous():
         data = data.clone()
     return data.view(dtype)
+
+
+class _Done:
+    def __init__(self, t: torch.Tensor):
+        self._t = t
+
+    def wait(self) -> torch.Tensor:
+        return self._t
+
+
+class _AloneComm:
+    """The collectives of a world of one rank: a sum is the tensor, a gather one row of it."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def all_reduce_sum(self, t: torch.Tensor) -> _Done:
+        return _Done(t)
+
+    def all_gather(self, t: torch.Tensor) -> _Done:
+        return _Done(t.unsqueeze(0))
+
+
+class _Alone:
+    """The exchange of :meth:`Compressor.roundtrip`: one rank, one generator for everything,
+    error feedback on (as the reducer runs by default)."""
+
+    keep_own, seed = True, 0
+
+    def __init__(self, device: torch.device, generator: torch.Generator | None):
+        self.comm = _AloneComm(device)
+        self._generator = generator
+
+    def first_round(self, summed: list[torch.Tensor], gathered: torch.Tensor | None):
+        return list(summed), None if gathered is None else gathered.unsqueeze(0)
+
+    def generator(self, key: str, shared: bool = False) -> torch.Generator | None:
+        return self._generator
 
 
 # -- the registry ----------------------------------------------------------------------------------

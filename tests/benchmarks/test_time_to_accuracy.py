@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.network.netbench import accuracy, smooth_for, smoothed
+from benchmarks.metrics import accuracy, smooth_for, smoothed
 from benchmarks.network.report import frontier_points, section
 
 

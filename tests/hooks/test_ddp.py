@@ -267,7 +267,7 @@ def test_state_dict_rejects_other_settings():
         ("qsgd", {"bits": 12}, "bits"),
         ("qsgd", {"qsgd_bucket_size": 0}, "bucket_size"),
         ("qsgd", {"qsgd_norm": "linf"}, "norm"),
-        ("fp4", {}, "method"),
+        ("no-such-method", {}, "method"),
         ("topk", {"timeout_s": 0}, "timeout_s"),
         ("topk", {"warmup_steps": -1}, "warmup_steps"),
         ("topk", {"densty": 0.1}, "densty"),

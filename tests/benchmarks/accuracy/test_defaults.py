@@ -52,12 +52,12 @@ def test_three_seeds_and_up_carry_a_95_percent_interval():
 
 
 def test_setting_arms_sweep_a_budget_over_seeds(tmp_path):
-    """``NAME@SETTING``: the arm NAME with its family's knob at SETTING, for frontiers measured
+    """``NAME@SETTING``: the arm NAME with its method's knob at SETTING, for frontiers measured
     over seeds; nonsense is refused before any process starts."""
-    assert defaults.arm_spec("lgreco topk@0.003") == ("lgreco_topk", {"density": 0.003})
-    assert defaults.arm_spec("powersgd no accordion@2") == ("powersgd",
-                                                            {"accordion": False, "rank": 2})
-    assert defaults.arm_spec("lgreco qsgd@4.0") == ("lgreco_qsgd", {"bits": 4})
+    assert defaults.arm_spec("lgreco topk@0.003") == ("lgreco_topk@0.003", {})
+    assert defaults.arm_spec("powersgd no accordion@2") == ("powersgd@2", {"accordion": False})
+    assert defaults.arm_spec("powersgd rank 16@2") == ("powersgd@2", {})  # @ wins
+    assert defaults.arm_spec("lgreco_qsgd@4.0") == ("lgreco_qsgd@4.0", {})
     for bad in ("allreduce@4", "torch fp16 (noise floor)@2", "powersgd@x", "powersgd@2.5",
                 "topk@2", "nope@2"):
         with pytest.raises(SystemExit):

@@ -365,21 +365,33 @@ def test_settings_sweep_draws_the_frontier(tmp_path):
         netbench.parse_args(["--arms", "topk@dense"])
 
 
-def test_fixed_arms_turn_the_schedule_off_and_keep_the_dense_warmup():
-    from benchmarks.network.worker import arm_options, family
-    from distcomp.workloads import WORKLOADS
+def test_arms_are_parsed_once_from_the_registry():
+    """Every method has every form; _fixed turns the schedule off and keeps the dense warm-up;
+    an @SETTING is checked by the method's own knob."""
+    from benchmarks.arms import Arm, RunSettings
+    from distcomp import method_class, method_names
 
-    args = SimpleNamespace(timeout=300.0, rank=None, density=None, bits=None)  # worker's flags
-    workload = WORKLOADS["cnn"]
-    for arm, method in (("qsgd_fixed", "qsgd"), ("powersgd_fixed", "powersgd")):
-        opts = arm_options(arm, args, workload)
-        assert family(arm) == method
+    run = RunSettings(knobs={"rank": 4, "density": 0.02})
+    for method in method_names():
+        fixed = Arm.parse(f"lgreco_{method}_fixed_flat_relative")
+        assert (fixed.method, fixed.adaptive, fixed.fixed, fixed.flat, fixed.measure) == \
+            (method, True, True, True, "relative")
+        opts = fixed.hook_options(run)
         assert opts["accordion"] is False and opts["warmup_steps"] == 10
-    assert "accordion" not in arm_options("qsgd", args, workload)  # the library's default
+        assert opts["hierarchical"] is False and opts["lgreco"] == {"error_measure": "relative"}
+        knob = method_class(method).knob
+        assert set(opts) & {"rank", "density"} <= {knob}  # only its own command-line knob
+    assert "accordion" not in Arm.parse("qsgd").hook_options(run)  # the library's default
+    assert Arm.parse("topk@0.03").hook_options(run)["density"] == 0.03  # @ wins
+    assert Arm.parse("co2_bf16@2").tau == 2 and Arm.parse("torch_fp16").kind == "torch"
+    for bad, why in (("allreduce@4", "no compression setting"), ("topk@dense", "a number"),
+                     ("powersgd@2.5", "rank must be an integer"), ("topkk", "unknown arm"),
+                     ("powersgd_layersum", "unknown arm")):
+        with pytest.raises(ValueError, match=why):
+            Arm.parse(bad)
 
 
 README_COMMAND = "python -m benchmarks.network.netbench --workloads cnn --arms allreduce,powersgd"
-
 
 def test_readmes_netbench_command_at_quick_size(tmp_path):
     """README's "check yours" command, as written plus ``--quick`` (here, in this file's

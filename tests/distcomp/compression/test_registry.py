@@ -4,6 +4,7 @@ clashing one fails when it is defined."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pickle
 import pkgutil
@@ -108,7 +109,7 @@ def test_flat_knobs_go_to_the_method_others_are_logged_or_refused():
     with pytest.raises(ValueError, match=r"unknown compression options \['rnak'\]"):
         CompressionConfig("powersgd", rnak=3)
     with pytest.raises(ValueError, match="method must be one of"):
-        CompressionConfig("fp4")
+        CompressionConfig("no-such-method")
 
 
 def test_lgreco_candidate_knobs_come_from_each_method():
@@ -117,6 +118,59 @@ def test_lgreco_candidate_knobs_come_from_each_method():
     assert LGreCoConfig.from_dict(cfg.to_dict()) == cfg
     owned = {k for k, owners in knob_owners("Plan").items() for _ in owners}
     assert owned <= set(cfg.to_dict())
+
+
+def test_nothing_outside_a_method_module_switches_on_a_method_name():
+    """No code outside a method's own module decides by a method's name (or its ``lgreco-`` /
+    ``lgreco_`` form): no such name compared (``==``, ``in``), used as a dict key, or listed
+    with other method names, in the library, launch/, benchmarks/ or data_compress/. A name
+    may still be an argument or a value: an experiment that studies one method names it."""
+    names = set(method_names())
+    names |= {f"lgreco{sep}{n}" for n in method_names() for sep in "-_"}
+    found = []
+    for folder in ("distcomp", "hooks", "launch", "benchmarks", "data_compress"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            own = path.stem if path.parent.name == "methods" else None
+            for node in _switches(ast.parse(path.read_text()), names - {own}):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert found == [], "\n".join(found)
+
+
+def _switches(tree: ast.AST, names: set[str]) -> list[ast.Constant]:
+    """Method-name constants compared, used as dict keys, or listed among method names only."""
+    def named(node) -> list[ast.Constant]:
+        if isinstance(node, ast.Constant) and node.value in names:
+            return [node]
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return [c for e in node.elts for c in named(e)]
+        return []
+
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            out += [c for operand in (node.left, *node.comparators) for c in named(operand)]
+        elif isinstance(node, ast.Dict):
+            out += [c for k in node.keys if k is not None for c in named(k)]
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) > 1 and \
+                all(named(e) for e in node.elts):
+            out += named(node)
+    return list({id(c): c for c in out}.values())
+
+
+def test_the_probe_for_switches_can_fail(tmp_path, monkeypatch):
+    probe = REPO / "distcomp" / "_switch_probe.py"
+    probe.write_text('def f(m):\n    return 1 if m == "topk" else 2\n'
+                     'KNOBS = {"qsgd": "bits"}\nALL = ("powersgd", "topk")\n'
+                     'def g(m):\n    return run(m, "powersgd")\n')
+    try:
+        with pytest.raises(AssertionError) as caught:
+            test_nothing_outside_a_method_module_switches_on_a_method_name()
+        text = str(caught.value)
+        for line, name in ((2, "topk"), (3, "qsgd"), (4, "powersgd"), (4, "topk")):
+            assert f"_switch_probe.py:{line}: {name!r}" in text
+        assert "_switch_probe.py:6" not in text  # an argument: an experiment naming a method
+    finally:
+        probe.unlink()
 
 
 def test_registry_module_imports_no_method():
