@@ -12,12 +12,23 @@ import torch.distributed as dist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from distcomp import LGreCoConfig, get_compressor, method_names
 from distcomp.comm import TorchComm
 from distcomp.compression.config import CompressionConfig
 from distcomp.compression.reducer import CompressedReducer
 
-SETTINGS = {"powersgd": ("rank", [1, 2, 4]), "topk": ("density", [0.01, 0.3, 1.0]),
-            "qsgd": ("bits", [2, 4, 8, 16])}
+
+def _settings(name: str) -> tuple[str, list]:
+    """(knob, settings) of a method: its L-GreCo candidates for a small matrix, its default
+    and its gentle setting."""
+    comp = get_compressor(name)
+    plan = LGreCoConfig().plan_for(name)
+    values = {*comp.candidates(comp.setting, torch.Size([16, 16]), plan), comp.setting,
+              comp.gentle(comp.setting)}
+    return comp.knob, sorted(values)
+
+
+SETTINGS = {name: _settings(name) for name in method_names()}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
@@ -51,7 +62,7 @@ shapes = st.lists(st.lists(st.integers(0, 24), min_size=1, max_size=3).map(tuple
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(method=st.sampled_from(sorted(SETTINGS)), pick=st.integers(0, 3), shapes=shapes,
+@given(method=st.sampled_from(sorted(SETTINGS)), pick=st.integers(0, 20), shapes=shapes,
        dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**31 - 1))
 def test_error_feedback_invariant_and_ledger_equal_bytes_sent(method, pick, shapes, dtype,
                                                               seed):
