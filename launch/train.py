@@ -146,8 +146,8 @@ def run_guarded(script: str, rank: int, fn) -> int:
     line on stderr naming the rank, and exit code 1. The process group is always torn down.
 
     Objects in reference cycles that hold process groups (DeepSpeed's engine does) are
-    collected first: left to the interpreter's exit, a gloo destructor ran during finalisation
-    and aborted ("terminate called without an active exception") about once per CI run."""
+    collected first, so that no gloo destructor runs during the interpreter's finalisation,
+    where it can abort the process ("terminate called without an active exception")."""
     try:
         return fn()
     except (RuntimeError, ValueError) as err:

@@ -26,9 +26,8 @@ would differ from it by about how much consecutive averages differ. Per paramete
 0 when the trajectory is steady (staleness is harmless) and 1 when it reverses;
 s = 1 / (1 + gap_penalty * gap). Blocking rounds (``overlap=False``, the DiLoCo schedule) are
 not stale and use s = 1. Both the penalty and the clipping use only quantities that are identical
-on every rank, so all ranks keep identical anchors. (The CO2 paper's own formulas could not be
-consulted offline here; these definitions are ours and documented as such. Unlike the authors'
-released code, whose clip discards the result of ``torch.clamp``, the clip here takes effect.)
+on every rank, so all ranks keep identical anchors. These two definitions are this library's own
+(BENCHMARKS.md, "Local updating with overlapped averaging", says how they came about).
 """
 
 from __future__ import annotations

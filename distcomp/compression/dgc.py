@@ -6,7 +6,7 @@ methods share (:class:`Sparsifier`).
 Why: with plain error feedback, an entry of the gradient that waits k steps in the residual is
 sent once, as a lump, and the optimizer's momentum then replays that lump for ~1/(1 - m) steps:
 delayed entries are applied far more strongly and later than in dense SGD, which destabilises
-training at 1% density (measured: a momentum-SGD ResNet barely learns). DGC accumulates the
+training at a density of 1%. DGC accumulates the
 *velocity* locally instead of the gradient, so that what is finally sent is what momentum SGD
 would have applied, and zeroes the velocity of the entries it sends (masking), so they are not
 pushed again by stale momentum:
