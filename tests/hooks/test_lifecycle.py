@@ -153,7 +153,7 @@ def test_options_the_method_ignores_are_logged(caplog):
         parse_options("qsgd", {"accordion": False, "accordion_threshold": 0.3})
         parse_options("topk", {"density": 0.1})
     text = caplog.text
-    assert "density=0.1 applies to method 'topk' only; 'powersgd' ignores it" in text
+    assert "density=0.1 applies to method 'randk' or 'topk' only; 'powersgd' ignores it" in text
     assert "accordion_threshold=0.3 is ignored with accordion=False" in text
     assert text.count("distcomp:") == 2  # nothing for the options top-k reads
 
