@@ -31,6 +31,16 @@ def convnet_batch(rank: int, step: int, batch: int = 16):
     return torch.randn(batch, 2, 16, generator=g), torch.randint(0, 10, (batch,), generator=g)
 
 
+def convnet_steps(model: nn.Module, opt: torch.optim.Optimizer, rank: int, start: int,
+                  n: int) -> None:
+    """Train steps ``start`` .. ``start + n - 1`` on ``convnet_batch``'s data."""
+    for step in range(start, start + n):
+        x, y = convnet_batch(rank, step)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
 class Teacher:
     """A fixed random 2-layer network labels Gaussian inputs: a learnable, offline task."""
 

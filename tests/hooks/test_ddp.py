@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distcomp.hooks import CompressionState, LGreCoState, compression_hook
-from tests.models import ConvNet, Teacher, convnet_batch, mlp
+from tests.models import ConvNet, Teacher, convnet_batch, convnet_steps, mlp
 from tests.multiproc import outcome, run_ranks
 from tests.resume import resume_matches
 
@@ -211,20 +211,12 @@ def _make(method, setting):
     return model, state, opt
 
 
-def _steps(rank, model, opt, start, n):
-    for step in range(start, start + n):
-        x, y = convnet_batch(rank, step)
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-
 def _resume(rank, world, options):
     out = {}
     for method, setting in options.items():
         same, state, _ = resume_matches(
             lambda m=method, s=setting: _make(m, s),
-            lambda model, opt, start, n: _steps(rank, model, opt, start, n), split=5, more=5,
+            lambda model, opt, start, n: convnet_steps(model, opt, rank, start, n), split=5, more=5,
         )
         out[method] = same
         out[method + "_residuals"] = len(state.reducer.residuals)
@@ -295,7 +287,7 @@ def _nonfinite(rank, world):
         model, state, _ = _make(method, setting)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
-        _steps(rank, model, opt, 0, 2)  # residuals are non-zero now
+        convnet_steps(model, opt, rank, 0, 2)  # residuals are non-zero now
         before = {k: v.clone() for k, v in state.reducer.residuals.items()}
         qs_before = {k: v.clone() for k, v in state.reducer.memory.items()}
         params_before = copy.deepcopy(model.module.state_dict())
@@ -319,7 +311,7 @@ def _nonfinite(rank, world):
                                 for k, v in model.module.state_dict().items()),
             "fallbacks": state.reducer.nonfinite_buckets,
         }
-        _steps(rank, model, opt, 3, 1)
+        convnet_steps(model, opt, rank, 3, 1)
         out[method]["recovered"] = all(torch.isfinite(p).all() for p in model.parameters())
     return out
 

@@ -24,11 +24,11 @@ from typing import Literal
 
 import torch
 
-from distcomp.compression.compressor import FP32_BYTES, GatherCompressor, bytes_as
+from distcomp.compression.blocks import BlockScaled
+from distcomp.compression.compressor import GatherCompressor, bytes_as
 from distcomp.knobs import Knobs, knob
 
 FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
-CANDIDATE_BLOCKS = (0, 1024, 256, 128, 64, 32)
 
 
 @dataclass(frozen=True)
@@ -40,54 +40,34 @@ class FP8Options(Knobs):
     fp8_format: Literal["e4m3", "e5m2"] = "e4m3"
 
 
-class FP8(GatherCompressor):
+class FP8(BlockScaled, GatherCompressor):
     """float8 with a scale per ``fp8_block`` elements."""
 
     name = "fp8"
     knob = "fp8_block"
     Options = FP8Options
+    CANDIDATE_BLOCKS = (0, 1024, 256, 128, 64, 32)
+    GENTLE_BLOCK = 128
 
     @property
     def dtype(self) -> torch.dtype:
         return FORMATS[self.options.fp8_format]
 
-    @staticmethod
-    def block(numel: int, setting: float) -> int:
-        """Elements per scale for a tensor of ``numel`` elements (0: all of them)."""
-        return max(1, numel if int(setting) == 0 else min(int(setting), numel))
-
-    def milder(self, a: float, b: float) -> bool:
-        big = math.inf
-        return (int(a) or big) <= (int(b) or big)
-
-    def gentle(self, setting: float) -> int:
-        """A quarter of the block, at least 8; 128 where the user keeps one scale per tensor."""
-        return 128 if int(setting) == 0 else max(8, int(setting) // 4)
-
-    def eligible(self, shape: torch.Size) -> bool:
-        return len(shape) >= 2  # biases and norm weights are small: never worth the error
-
     def wire_bytes(self, shape: torch.Size, setting: float) -> int:
         n = math.prod(shape)
-        return FP32_BYTES * math.ceil(n / self.block(n, setting)) + n
+        return self.scale_bytes(n, setting) + n
 
     def _quantize(self, x: torch.Tensor, setting: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(scales (k,) fp32, float8 codes (n,)) of a flat fp32 tensor."""
-        n = x.numel()
-        b = self.block(n, setting)
-        rows = math.ceil(n / b)
-        padded = torch.zeros(rows * b, dtype=torch.float32, device=x.device)
-        padded[:n] = x
-        blocks = padded.view(rows, b)
+        blocks = self.rows(x, setting)[0]
         scale = blocks.abs().amax(1) / torch.finfo(self.dtype).max
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        codes = (blocks / safe.unsqueeze(1)).to(self.dtype).reshape(-1)[:n]
+        codes = (blocks / safe.unsqueeze(1)).to(self.dtype).reshape(-1)[: x.numel()]
         return scale, codes
 
     def _dequantize(self, scale: torch.Tensor, codes: torch.Tensor, setting: float
                     ) -> torch.Tensor:
-        n = codes.numel()
-        return codes.float() * scale.repeat_interleave(self.block(n, setting))[:n]
+        return codes.float() * self.per_element(scale, codes.numel(), setting)
 
     def encode(self, x: torch.Tensor, setting: float,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -95,13 +75,10 @@ class FP8(GatherCompressor):
         return torch.cat([scale.contiguous().view(torch.uint8), codes.view(torch.uint8)])
 
     def decode(self, payload: torch.Tensor, numel: int, setting: float) -> torch.Tensor:
-        rows = math.ceil(numel / self.block(numel, setting))
-        scale = bytes_as(payload[: FP32_BYTES * rows], torch.float32)
-        codes = payload[FP32_BYTES * rows : FP32_BYTES * rows + numel].view(self.dtype)
+        head = self.scale_bytes(numel, setting)
+        scale = bytes_as(payload[:head], torch.float32)
+        codes = payload[head : head + numel].view(self.dtype)
         return self._dequantize(scale, codes, setting)
-
-    def candidates(self, uniform: float, shape: torch.Size, plan: Knobs | None) -> list[float]:
-        return list(CANDIDATE_BLOCKS)
 
     def candidate_errors(self, g: torch.Tensor, settings: list[float]) -> list[float]:
         x = g.detach().float().reshape(-1)

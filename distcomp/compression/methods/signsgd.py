@@ -25,11 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from distcomp.compression.bitpack import pack_bits, packed_nbytes, unpack_bits
-from distcomp.compression.compressor import FP32_BYTES, GatherCompressor, bytes_as
+from distcomp.compression.blocks import BlockScaled
+from distcomp.compression.compressor import GatherCompressor, bytes_as
 from distcomp.knobs import Knobs, knob
-
-CANDIDATE_BLOCKS = (0, 4096, 1024, 256, 64, 32)
-GENTLE_BLOCK = 64  # the Accordion-style schedule's block when the user keeps one per tensor
 
 
 @dataclass(frozen=True)
@@ -39,45 +37,24 @@ class SignOptions(Knobs):
     sign_block: int = knob(0, low=0)
 
 
-class SignSGD(GatherCompressor):
+class SignSGD(BlockScaled, GatherCompressor):
     """EF-SignSGD: one bit per element and one scale per ``sign_block`` elements."""
 
     name = "signsgd"
     knob = "sign_block"
     Options = SignOptions
-
-    @staticmethod
-    def block(numel: int, setting: float) -> int:
-        """Elements per scale for a tensor of ``numel`` elements (0: all of them)."""
-        return max(1, numel if int(setting) == 0 else min(int(setting), numel))
-
-    def milder(self, a: float, b: float) -> bool:
-        big = math.inf
-        return (int(a) or big) <= (int(b) or big)
-
-    def gentle(self, setting: float) -> int:
-        """A quarter of the block, at least 8; 64 where the user keeps one scale per tensor."""
-        return GENTLE_BLOCK if int(setting) == 0 else max(8, int(setting) // 4)
-
-    def eligible(self, shape: torch.Size) -> bool:
-        return len(shape) >= 2  # biases and norm weights are small: never worth the error
+    CANDIDATE_BLOCKS = (0, 4096, 1024, 256, 64, 32)
+    GENTLE_BLOCK = 64
 
     def wire_bytes(self, shape: torch.Size, setting: float) -> int:
         n = math.prod(shape)
-        return FP32_BYTES * math.ceil(n / self.block(n, setting)) + packed_nbytes(n, 1)
+        return self.scale_bytes(n, setting) + packed_nbytes(n, 1)
 
     def _blocks(self, x: torch.Tensor, setting: float
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x zero-padded into rows of one block each, each row's count of real elements, and
-        their mean |x|: the scale)."""
-        n = x.numel()
-        b = self.block(n, setting)
-        rows = math.ceil(n / b)
-        padded = torch.zeros(rows * b, dtype=torch.float32, device=x.device)
-        padded[:n] = x
-        counts = torch.full((rows,), float(b), device=x.device)
-        counts[-1] = n - (rows - 1) * b
-        blocks = padded.view(rows, b)
+        """(rows of one block each, their counts of real elements, and their mean |x|: the
+        scale) of a flat fp32 tensor."""
+        blocks, counts = self.rows(x, setting)
         return blocks, counts, blocks.abs().sum(1) / counts
 
     def encode(self, x: torch.Tensor, setting: float,
@@ -88,15 +65,10 @@ class SignSGD(GatherCompressor):
         return torch.cat([scale.contiguous().view(torch.uint8), signs])
 
     def decode(self, payload: torch.Tensor, numel: int, setting: float) -> torch.Tensor:
-        b = self.block(numel, setting)
-        rows = math.ceil(numel / b)
-        scale = bytes_as(payload[: FP32_BYTES * rows], torch.float32)
-        negative = unpack_bits(payload[FP32_BYTES * rows :], 1, numel)
-        magnitude = scale.repeat_interleave(b)[:numel]
-        return magnitude * (1.0 - 2.0 * negative.to(torch.float32))
-
-    def candidates(self, uniform: float, shape: torch.Size, plan: Knobs | None) -> list[float]:
-        return list(CANDIDATE_BLOCKS)
+        head = self.scale_bytes(numel, setting)
+        scale = bytes_as(payload[:head], torch.float32)
+        negative = unpack_bits(payload[head:], 1, numel)
+        return self.per_element(scale, numel, setting) * (1.0 - 2.0 * negative.to(torch.float32))
 
     def candidate_errors(self, g: torch.Tensor, settings: list[float]) -> list[float]:
         x = g.detach().float().reshape(-1)

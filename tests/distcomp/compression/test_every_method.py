@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from distcomp import LGreCoConfig, method_names
 from distcomp.hooks import attach
-from tests.models import ConvNet, convnet_batch
+from tests.models import ConvNet, convnet_steps
 from tests.multiproc import run_ranks
 from tests.resume import resume_matches
 
@@ -30,14 +29,6 @@ def _make(method: str, **extra):
     return model, state, opt
 
 
-def _steps(model, opt, rank, start, n):
-    for step in range(start, start + n):
-        x, y = convnet_batch(rank, step)
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-
 def _train_and_resume(rank, world, method):
     made = []
 
@@ -46,7 +37,7 @@ def _train_and_resume(rank, world, method):
         return made[-1]
 
     same, state, resumed = resume_matches(
-        make, lambda m, o, s, n: _steps(m, o, rank, s, n), split=3, more=3)
+        make, lambda m, o, s, n: convnet_steps(m, o, rank, s, n), split=3, more=3)
     comp = state.reducer.compressor
     plan = LGreCoConfig().plan_for(method)
     budgets = (comp.setting, comp.gentle(comp.setting))  # the schedule's two baselines
@@ -80,7 +71,7 @@ def test_trains_plans_schedules_and_resumes_bit_identically(method):
 
 def _three_stages(rank, world, method):
     model, state, opt = _make(method, ranks_per_node=2)
-    _steps(model, opt, rank, 0, 4)
+    convnet_steps(model, opt, rank, 0, 4)
     stats = state.compression_stats()
     out = {"three_stages": state.hier is not None, "slow": stats["sent_bytes"],
            "fast": stats["fast_link"]["sent_bytes"],
