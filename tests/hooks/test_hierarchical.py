@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from distcomp.hooks import CompressionState, LGreCoState, compression_hook
-from tests.hooks.test_ddp import ADAPTIVE, RAW, _ddp, _steps
-from tests.models import ConvNet
+from tests.hooks.test_ddp import ADAPTIVE, RAW, _ddp
+from tests.models import ConvNet, convnet_steps
 from tests.multiproc import outcome, run_ranks
 from tests.resume import resume_matches
 
@@ -22,7 +22,7 @@ def _train(rank, method, setting, steps=6, **topology):
     state = CompressionState(model, method, **setting, **topology)
     model.register_comm_hook(state, compression_hook)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    _steps(rank, model, opt, 0, steps)
+    convnet_steps(model, opt, rank, 0, steps)
     stats = state.compression_stats()
     hier = state.hier is not None
     state.close()
@@ -74,7 +74,7 @@ def _resume(rank, world):
             return model, state, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
         same, state, state2 = resume_matches(
-            make, lambda model, opt, start, n: _steps(rank, model, opt, start, n), split=5,
+            make, lambda model, opt, start, n: convnet_steps(model, opt, rank, start, n), split=5,
             more=5)
         out[method] = (same, state.hier is not None, len(state.reducer.residuals),
                        state.state_dict()["topology"])
