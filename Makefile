@@ -116,6 +116,9 @@ TOPOLOGY_ARMS := local,allreduce,torch_powersgd,powersgd,powersgd_flat,topk,topk
 DEFAULTS_FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco powersgd@2,$\
   lgreco powersgd@4,lgreco powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco topk@0.003,$\
   lgreco topk@0.01,lgreco topk@0.03
+# the methods added through the registry (#35) beside the first three and torch's hooks
+METHOD_ARMS := local,allreduce,torch_fp16,torch_powersgd,powersgd,topk,qsgd,signsgd,randk,fp8
+DEFAULTS_METHOD_ARMS := allreduce,torch fp16 (noise floor),powersgd,topk,qsgd,signsgd,randk,fp8
 bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.micro.compressors --json $(RESULTS)/compressors.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm,resnet,cnn --arms $(NB_ARMS) \
@@ -143,6 +146,10 @@ bench: venv sysdeps
 	  --json $(RESULTS)/netbench-qsgd.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm,resnet,cnn \
 	  --arms allreduce,powersgd,lgreco_powersgd,lgreco_powersgd@16 --json $(RESULTS)/netbench-lgreco.json
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm,resnet --arms $(METHOD_ARMS) \
+	  --json $(RESULTS)/netbench-methods.json
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads resnet,cnn --seeds 0,1,2 \
+	  --arms '$(DEFAULTS_METHOD_ARMS)' --json $(RESULTS)/defaults-methods.json
 	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults.json
 	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads resnet,cnn --seeds 0,1,2,3,4,5 \
 	  --arms 'allreduce,torch fp16 (noise floor),powersgd' --json $(RESULTS)/defaults-seeds.json
@@ -178,6 +185,7 @@ bench: venv sysdeps
 	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-torch.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-lgreco.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-frontier.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-methods.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.gnn.report --readme BENCHMARKS.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data.report --readme BENCHMARKS.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \
@@ -188,7 +196,8 @@ bench: venv sysdeps
 	  $(RESULTS)/netbench-topology-co2-unshaped.json \
 	  $(RESULTS)/netbench-topology-lm.json \
 	  $(RESULTS)/netbench-world2.json \
-	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json
+	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json \
+	  $(RESULTS)/netbench-methods.json
 
 # CUDA tests and the GPU benchmark (issue #27), with the machine's own Python and torch where it
 # has them (a GPU machine: nothing is fetched), else with the project's venv. The package is laid
