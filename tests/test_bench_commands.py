@@ -3,8 +3,9 @@ tiny size, so none rots between two full runs of ``make bench``.
 
 - Every measurement command runs as written, with flags that shrink it (``TINY``: fewer seeds,
   steps and nodes), or is run so by a named test; netbench's and defaults' lines run as one
-  ``--smoke`` launch per workload with every arm any line names there. Each must write its JSON
-  with no record in an error state. A benchmark module without an entry in ``TINY`` fails.
+  ``--smoke`` launch per workload, every arm any line names on the cheapest workload.
+  Each must write its JSON with no record in an error state. A benchmark module without an
+  entry in ``TINY`` fails.
 - Every command's arguments also go through its benchmark's own parser at full size.
 - Every table generator runs on a copy of BENCHMARKS.md, which must come out unchanged: the
   tables are what the committed JSON says, never edited by hand.
@@ -44,7 +45,7 @@ TINY: dict[str, list[str] | str] = {
     "benchmarks.data.scale": ["--n", "3000", "--sizes", "1000,3000", "--dim", "16"],
     "benchmarks.gnn.gnnpipe": "tests/benchmarks/gnn/test_gnnpipe.py::"
                           "test_gnnpipe_records_every_mode",
-    "benchmarks.integrations": ["--steps", "3", "--width", "16"],
+    "benchmarks.integrations": ["--steps", "3", "--width", "16", "--comms", "powersgd"],
     "benchmarks.accuracy.co2_outer": ["--quick", "--workloads", "resnet", "--taus", "2"],
 }
 
@@ -66,9 +67,14 @@ def bench_commands() -> list[list[str]]:
 MEASUREMENTS = [argv for argv in bench_commands() if "--readme" not in argv]
 
 
+CHEAPEST_FIRST = ("cnn", "resnet", "lm")  # the workloads by the cost of a step here
+
+
 def smoke_unions() -> list[list[str]]:
-    """For each UNION module, one ``--smoke`` command per workload with every arm that any of
-    its lines runs on that workload (``--json`` left to the test)."""
+    """For each UNION module, one ``--smoke`` command per workload its lines run: every arm any
+    line runs on the cheapest of those workloads (an arm's code does not depend on the
+    workload), each other workload on the first arm its lines run, so every workload and every
+    arm runs once (``--json`` left to the test)."""
     cmds = []
     for module in (m for m, how in TINY.items() if how == UNION):
         arms: dict[str, dict[str, None]] = {}
@@ -78,7 +84,10 @@ def smoke_unions() -> list[list[str]]:
                 lm_only = getattr(args, "lm_arms", None) if w == "lm" else None
                 arms.setdefault(w, {}).update(
                     dict.fromkeys(a for a in args.arms if lm_only is None or a in lm_only))
-        for w, names in arms.items():
+        cheapest, *others = sorted(arms, key=CHEAPEST_FIRST.index)
+        placed = {cheapest: list(dict.fromkeys(a for w in arms for a in arms[w]))}
+        placed.update({w: [next(iter(arms[w]))] for w in others})
+        for w, names in placed.items():
             pick = ["--lm-arms", ",".join(names)] if module == "benchmarks.accuracy.defaults" \
                 else []
             cmds.append(["-m", module, "--smoke", "--workloads", w, "--arms", ",".join(names),

@@ -130,7 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lm-arms", default="allreduce,torch fp16 (noise floor),powersgd,"
                    "powersgd no warm-up,powersgd no accordion,powersgd before (#24),topk,qsgd",
                    help="the arms the (slow) lm workload runs, from --arms")
-    p.add_argument("--quick", action="store_true", help="a few steps: does it run at all")
+    p.add_argument("--quick", action="store_true",
+                   help="a few steps, every arm of a seed in one pair of processes: does it run "
+                        "at all, paired over seeds")
     p.add_argument("--smoke", action="store_true",
                    help="does every arm run (how CI runs make bench's lines): every arm of a "
                         "workload in one pair of processes, the first seed, 3-4 steps with a "
@@ -281,7 +283,8 @@ def main(argv=None) -> int:
         for w in args.workloads:
             arms = [a for a in args.arms if w != "lm" or a in args.lm_arms]
             seeds = args.seeds[:1] if w == "lm" else args.seeds
-            launches = [arms] if args.smoke else [[arm] for arm in arms]
+            # full runs start every arm afresh; quick and smoke ones share the processes
+            launches = [arms] if args.smoke or args.quick else [[arm] for arm in arms]
             for seed in seeds[:1] if args.smoke else seeds:
                 for some in launches:
                     spec = {"workload": w, "seed": seed, "steps": steps[w], "data": args.data,
