@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.one_process import run_modules
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1",
        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -156,19 +158,20 @@ def test_bench_command_runs_at_a_tiny_size(argv, tmp_path):
 def test_bench_measurement_commands_parse():
     """Every measurement in ``make bench`` names arms, workloads and flags its benchmark
     accepts at full size (a typo in an arm list fails here, not an hour into ``make bench``)."""
-    checked = 0
+    checked, helped = 0, []
     for argv in MEASUREMENTS:
         module = importlib.import_module(argv[1])
         if hasattr(module, "parse_args"):
             module.parse_args(argv[2:])  # SystemExit on a bad argument fails the test
             checked += 1
         else:  # no parser of its own to call: its --help must still list every flag given
-            help_text = subprocess.run([sys.executable, *argv[:2], "--help"], cwd=REPO,
-                                       env=ENV, capture_output=True, text=True,
-                                       timeout=120).stdout
-            for flag in (a.split("=")[0] for a in argv[2:] if a.startswith("--")):
-                assert flag in help_text, (argv, flag)
+            helped.append(argv)
     assert checked >= 10
+    asked = [[argv[1], "--help"] for argv in helped]
+    for argv, result in zip(helped, run_modules(asked, cwd=REPO, env=ENV, timeout=300)):
+        assert result["rc"] == 0, (argv, result["stderr"][-2000:])
+        for flag in (a.split("=")[0] for a in argv[2:] if a.startswith("--")):
+            assert flag in result["stdout"], (argv, flag)
 
 
 def test_benchmarks_md_tables_regenerate_unchanged_from_the_committed_json(tmp_path):
@@ -176,9 +179,8 @@ def test_benchmarks_md_tables_regenerate_unchanged_from_the_committed_json(tmp_p
     shutil.copy(REPO / "BENCHMARKS.md", copy)
     generators = [a for a in bench_commands() if "--readme" in a]
     assert len(generators) >= 8
-    for argv in generators:
-        argv = [str(copy) if a == "BENCHMARKS.md" else a for a in argv]
-        proc = subprocess.run([sys.executable, *argv], cwd=REPO, env=ENV, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, (argv, proc.stderr[-2000:])
+    commands = [[str(copy) if a == "BENCHMARKS.md" else a for a in argv[1:]]
+                for argv in generators]  # in order: several write into one copy
+    for argv, result in zip(commands, run_modules(commands, cwd=REPO, env=ENV)):
+        assert result["rc"] == 0, (argv, result["stderr"][-2000:])
     assert copy.read_text() == (REPO / "BENCHMARKS.md").read_text()

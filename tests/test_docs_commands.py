@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.one_process import run_modules
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1",
        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -71,7 +73,8 @@ TINY: dict[str, tuple] = {
     "python -m benchmarks.network.netbench --workloads cnn --arms allreduce,powersgd": (
         "test", "tests/benchmarks/network/test_netbench.py::"
         "test_readmes_netbench_command_at_quick_size",
-        "with --quick, where the other network-namespace tests run (one worker at a time)"),
+        "with --quick on a 1 Gbit/s link, where the other network-namespace tests run (one "
+        "worker at a time)"),
     # the data CLI, in README's order, on tiny stand-ins for ds/ and digits/ (one test below)
     "distcomp-data inspect --input ds/": ("data", []),
     "distcomp-data prune --input ds/ --output p/ --ratio 0.3 --method kcenter": ("data", []),
@@ -157,12 +160,13 @@ def test_readme_data_commands_run_in_order_on_tiny_data(tmp_path):
         "import torch\n\ndef encoder():\n    torch.manual_seed(0)\n"
         "    return torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh())\n")
     env = {**ENV, "PYTHONPATH": str(tmp_path)}
-    for cmd, (kind, *rest) in TINY.items():
-        if kind != "data":
-            continue
-        argv = shlex.split(cmd) + rest[0]
-        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, (cmd, proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = [(cmd, shlex.split(cmd)[1:] + rest[0]) for cmd, (kind, *rest) in TINY.items()
+             if kind == "data"]
+    # through the console script's module, in one interpreter (the installed script itself:
+    # tests/data_compress/test_cli.py::test_console_script_is_installed)
+    results = run_modules([["distcomp.data.cli", *args] for _, args in lines], cwd=tmp_path,
+                          env=env)
+    for (cmd, _), result in zip(lines, results, strict=True):
+        assert result["rc"] == 0, (cmd, result["stdout"][-2000:], result["stderr"][-2000:])
     assert datasets.load_from_disk(str(tmp_path / "p")).num_rows == 45
     assert "evaluation" in (tmp_path / "dk" / "manifest.json").read_text()

@@ -140,11 +140,13 @@ def test_a_killed_rank_ends_the_survivor_with_a_clear_error(comm):
                                "train.py: rank 0:", timeout_s=15)
 
 
-@pytest.mark.parametrize("comm", ["powersgd", "co2"])
+@pytest.mark.parametrize(("comm", "nodes"), [("powersgd", "namespaces"), ("co2", "loopback")],
+                         indirect=["nodes"])
 def test_a_killed_rank_of_four_in_three_stages_ends_every_survivor(comm, nodes):
-    """2 nodes x 2 ranks, on one loopback or in two namespaces (told their node the way
-    torchrun tells it, no flag); rank 3 is SIGKILLed mid-training: ranks 0-2 (its node peer
-    and the other node) each exit non-zero with the clear error."""
+    """2 nodes x 2 ranks, on one loopback (``--ranks-per-node``) or in two namespaces (told
+    their node the way torchrun tells it, no flag), each method in one of the two; rank 3 is
+    SIGKILLed mid-training: ranks 0-2 (its node peer and the other node) each exit non-zero
+    with the clear error."""
     flag = ["--ranks-per-node", "2"] if nodes is None else []
     survivor_reports_lost_peer(SCRIPT, ["--comm", comm, *flag, "--epochs", "100000",
                                         "--steps-per-epoch", "2", "--width", "32"], ENV,

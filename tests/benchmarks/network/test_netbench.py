@@ -385,10 +385,11 @@ def test_arms_are_parsed_once_from_the_registry():
 README_COMMAND = "python -m benchmarks.network.netbench --workloads cnn --arms allreduce,powersgd"
 
 def test_readmes_netbench_command_at_quick_size(tmp_path):
-    """README's "check yours" command, as written plus ``--quick`` (here, in this file's
-    worker: no two tests may own network namespaces at once)."""
+    """README's "check yours" command, as written plus ``--quick`` on a 1 Gbit/s link (here,
+    in this file's worker: no two tests may own network namespaces at once)."""
     assert README_COMMAND in (REPO / "README.md").read_text()
-    argv = README_COMMAND.split()[3:] + ["--quick", "--json", str(tmp_path / "nb.json")]
+    argv = README_COMMAND.split()[3:] + ["--quick", "--bandwidth", "1gbit",
+                                         "--json", str(tmp_path / "nb.json")]
     assert netbench.main(argv) == 0
     arms = {r["arm"]: r for r in json.loads((tmp_path / "nb.json").read_text())["results"]}
     assert set(arms) == {"allreduce", "powersgd"}
