@@ -168,7 +168,8 @@ def test_bench_measurement_commands_parse():
             helped.append(argv)
     assert checked >= 10
     asked = [[argv[1], "--help"] for argv in helped]
-    for argv, result in zip(helped, run_modules(asked, cwd=REPO, env=ENV, timeout=300)):
+    for argv, result in zip(helped, run_modules(asked, cwd=REPO, env=ENV, timeout=300),
+                            strict=True):
         assert result["rc"] == 0, (argv, result["stderr"][-2000:])
         for flag in (a.split("=")[0] for a in argv[2:] if a.startswith("--")):
             assert flag in result["stdout"], (argv, flag)
@@ -181,6 +182,6 @@ def test_benchmarks_md_tables_regenerate_unchanged_from_the_committed_json(tmp_p
     assert len(generators) >= 8
     commands = [[str(copy) if a == "BENCHMARKS.md" else a for a in argv[1:]]
                 for argv in generators]  # in order: several write into one copy
-    for argv, result in zip(commands, run_modules(commands, cwd=REPO, env=ENV)):
+    for argv, result in zip(commands, run_modules(commands, cwd=REPO, env=ENV), strict=True):
         assert result["rc"] == 0, (argv, result["stderr"][-2000:])
     assert copy.read_text() == (REPO / "BENCHMARKS.md").read_text()
