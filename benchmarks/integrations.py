@@ -70,6 +70,7 @@ def run_arm(framework: str, comm: str, args: argparse.Namespace, tmp: Path) -> d
     losses = [r["loss"] for r in (saved if isinstance(saved, list) else saved["losses"])]
     record = {
         "framework": framework, "comm": comm, "steps": len(losses),
+        "first_loss": sum(losses[:5]) / len(losses[:5]),
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "bytes_per_step": float(line.split("bytes/step ")[1].split()[0].replace(",", "")),
         "step_ms": float(line.split(" step ")[-1].split()[0]),

@@ -47,7 +47,8 @@ TINY: dict[str, list[str] | str] = {
     "benchmarks.data.scale": ["--n", "3000", "--sizes", "1000,3000", "--dim", "16"],
     "benchmarks.gnn.gnnpipe": "tests/benchmarks/gnn/test_gnnpipe.py::"
                           "test_gnnpipe_records_every_mode",
-    "benchmarks.integrations": ["--steps", "3", "--width", "16", "--comms", "powersgd"],
+    "benchmarks.integrations": "tests/hooks/test_deepspeed.py::"
+                               "test_script_matches_ddp_and_sends_fewer_bytes_than_deepspeed",
     "benchmarks.accuracy.co2_outer": ["--quick", "--workloads", "resnet", "--taus", "2"],
 }
 

@@ -72,9 +72,9 @@ TINY: dict[str, tuple] = {
                                   "a local slurmctld + slurmd"),
     "python -m benchmarks.network.netbench --workloads cnn --arms allreduce,powersgd": (
         "test", "tests/benchmarks/network/test_netbench.py::"
-        "test_readmes_netbench_command_at_quick_size",
-        "with --quick on a 1 Gbit/s link, where the other network-namespace tests run (one "
-        "worker at a time)"),
+        "test_readmes_netbench_command_writes_valid_json",
+        "with --quick and 12 untimed steps on a 1 Gbit/s link, where the other "
+        "network-namespace tests run (one worker at a time)"),
     # the data CLI, in README's order, on tiny stand-ins for ds/ and digits/ (one test below)
     "distcomp-data inspect --input ds/": ("data", []),
     "distcomp-data prune --input ds/ --output p/ --ratio 0.3 --method kcenter": ("data", []),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.multiproc import free_port, spawn_script_ranks, survivor_reports_lost_peer
+from tests.one_process import run_modules
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "launch" / "train.py")
@@ -118,17 +119,13 @@ def test_mpirun_launch():
 
 def test_no_launcher_is_a_clear_error():
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "OMPI_COMM_WORLD_RANK")}
-    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True,
-                          timeout=60, env=env)
-    assert proc.returncode != 0 and "no launcher found" in proc.stderr
-    bad = subprocess.run([sys.executable, SCRIPT, "--comm", "zip"], capture_output=True,
-                         text=True, timeout=60, env=env)
-    assert bad.returncode == 2 and "--comm must be one of" in bad.stderr
-    for flags, why in ((["--qsgd-norm", "linf"], "invalid choice: 'linf'"),
-                       (["--rank", "0"], "rank must be an integer >= 1")):
-        bad = subprocess.run([sys.executable, SCRIPT, "--comm", "lgreco-powersgd", *flags],
-                             capture_output=True, text=True, timeout=60, env=env)
-        assert bad.returncode == 2 and why in bad.stderr, bad.stderr
+    cases = [([], 1, "no launcher found"), (["--comm", "zip"], 2, "--comm must be one of"),
+             (["--comm", "lgreco-powersgd", "--qsgd-norm", "linf"], 2, "invalid choice: 'linf'"),
+             (["--comm", "lgreco-powersgd", "--rank", "0"], 2, "rank must be an integer >= 1")]
+    results = run_modules([[SCRIPT, *args] for args, _, _ in cases], cwd=REPO, env=env,
+                          timeout=120)
+    for (args, rc, why), result in zip(cases, results, strict=True):
+        assert result["rc"] == rc and why in result["stderr"], (args, result)
 
 
 @pytest.mark.parametrize("comm", ["none", "powersgd", "co2"])

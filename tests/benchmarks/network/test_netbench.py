@@ -97,45 +97,6 @@ def test_counters_move_by_what_crosses_the_link():
     assert 0 < rx < 0.1 * payload  # acknowledgements
 
 
-def test_tiny_run_writes_valid_json(tmp_path):
-    """12 untimed steps hold the hooks' 10 dense warm-up steps: the timed ones compress."""
-    out = tmp_path / "nb.json"
-    rc = netbench.main([
-        "--workloads", "cnn", "--arms", "local,powersgd,allreduce", "--steps", "16",
-        "--warmup-steps", "12", "--bandwidth", "1gbit", "--json", str(out),
-        "--data", str(REPO / "bench-results" / "data"),
-    ])
-    assert rc == 0
-    payload = json.loads(out.read_text())
-    assert payload["config"]["steps"] == {"cnn": 16}
-    assert [r["arm"] for r in payload["results"]] == ["allreduce", "local", "powersgd"]
-    recs = {r["arm"]: r for r in payload["results"]}
-    for arm, r in recs.items():
-        assert r["status"] == "ok", json.dumps(r, indent=1)  # the ranks' log tails in full
-        for key in ("wire_bytes_per_step", "ledger_bytes_per_step", "step_time_s",
-                    "loss_at_equal_steps"):
-            assert isinstance(r[key], float | int), (arm, key)
-        assert r["equal_steps"] == 16 and r["smooth_steps"] == 5
-        assert r["target_loss"] == recs["allreduce"]["loss_at_equal_steps"]
-        # local and allreduce stop at 16; the compressed arm may chase the target to 32
-        assert r["steps_run"] == 16 if arm != "powersgd" else 16 <= r["steps_run"] <= 32
-        assert r["timed_steps"] == r["steps_run"] - 12
-        assert len(payload["curves"][f"cnn/{arm}"]) == r["steps_run"]
-        assert (r["time_to_target_s"] is None) == (r["time_to_target_why"] is not None)
-    assert recs["allreduce"]["time_to_target_s"] is not None  # its own loss, by definition
-    chased = recs["powersgd"]
-    assert chased["time_to_target_s"] is not None or chased["steps_run"] == 32
-    assert recs["local"]["wire_bytes_per_step"] < 10_000  # only barriers cross the link
-    dense = recs["allreduce"]["dense_bytes"]
-    # 2 ranks, ring all-reduce: each side sends and receives the whole gradient once
-    assert 2 * dense < recs["allreduce"]["wire_bytes_per_step"] < 2.4 * dense
-    # steps 12-15 are in Accordion's first, gentle interval (rank 32; the convolutions then
-    # shrink less than 2x and travel dense): measured 0.19
-    assert recs["powersgd"]["wire_bytes_per_step"] < 0.3 * recs["allreduce"]["wire_bytes_per_step"]
-    assert out.with_suffix(".png").stat().st_size > 10_000
-    assert mine() == []
-
-
 def test_a_crashing_arm_is_recorded_not_hidden(tmp_path):
     out = tmp_path / "nb.json"
     rc = netbench.main([
@@ -191,9 +152,12 @@ def test_a_native_abort_is_run_once_more_and_kept_in_the_record(monkeypatch):
 
 def test_smoke_runs_every_arm_of_a_workload_in_one_launch(tmp_path):
     """``--smoke`` (how CI runs ``make bench``'s netbench lines): a 1-step dense warm-up, so
-    the compressed paths run, L-GreCo plans and CO2 averages within the few steps."""
+    the compressed paths run, L-GreCo plans and CO2 averages within the few steps. With
+    ARM@SETTING arms (make bench's L-GreCo frontier, at a tiny size): the frontier and the
+    plans are drawn, the L-GreCo arm records its error ratio and its plans."""
     out = tmp_path / "nb.json"
-    arms = "allreduce,torch_powersgd,powersgd_fixed,lgreco_topk@0.01,co2_qsgd"
+    arms = ("allreduce,torch_powersgd,powersgd_fixed,lgreco_topk@0.01,co2_qsgd,powersgd@2,"
+            "powersgd@4,lgreco_powersgd@4")
     assert netbench.main(["--smoke", "--workloads", "cnn", "--arms", arms, "--json", str(out),
                           "--data", str(REPO / "bench-results" / "data")]) == 0
     payload = json.loads(out.read_text())
@@ -207,7 +171,19 @@ def test_smoke_runs_every_arm_of_a_workload_in_one_launch(tmp_path):
     assert recs["lgreco_topk@0.01"]["ledger_bytes_per_step"] < dense / 10  # it compressed
     # torch's least warm-up is 2 dense steps, which the fixed arm shares: one timed step of two
     assert recs["powersgd_fixed"]["ledger_bytes_per_step"] < 0.75 * dense
-    assert payload["plans"]["cnn/lgreco_topk@0.01"]  # and L-GreCo planned
+    # rank 2 against 4 on the same steps: fewer bytes
+    assert recs["powersgd@2"]["ledger_bytes_per_step"] < recs["powersgd@4"]["ledger_bytes_per_step"]
+    assert "powersgd@4_over_allreduce_loss" not in payload["figures"]["cnn"]  # base names only
+    assert out.with_name("nb-frontier.png").stat().st_size > 10_000
+    assert 0 < recs["lgreco_powersgd@4"]["error_ratio"] <= 1.0 + 1e-9
+    for arm in ("lgreco_topk@0.01", "lgreco_powersgd@4"):  # planned after the dense step
+        plan = payload["plans"][f"cnn/{arm}"][0]
+        assert plan["step"] == 1 and "fc1.weight" in plan["settings"], plan
+    assert out.with_name("nb-plans.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit):
+        netbench.parse_args(["--arms", "allreduce@4"])  # no setting to give
+    with pytest.raises(SystemExit):
+        netbench.parse_args(["--arms", "topk@dense"])
     assert mine() == []
 
 
@@ -279,6 +255,7 @@ def test_co2_arms_record_mean_step_time_clock_and_overlap(tmp_path):
     assert "co2_overlap" in payload["figures"]["cnn"]
     assert payload["figures"]["cnn"]["co2_bf16_over_local_wall_time"] > 0
     assert payload["config"]["burst"] == "32kbit"
+    assert recs["local"]["wire_bytes_per_step"] < 10_000  # only barriers cross the link
 
 
 def test_link_cost_measures_compute_next_to_a_saturating_flow(tmp_path):
@@ -329,33 +306,6 @@ def test_drop_loses_packets_at_the_given_rate():
     assert 1200 < received < 1600, received  # 1400 expected; binomial sd ~20
 
 
-def test_settings_sweep_draws_the_frontier_and_lgreco_records_its_plans(tmp_path):
-    """ARM@SETTING arms (make bench's L-GreCo frontier, at a tiny size); the L-GreCo arm
-    records its error ratio and its plans, the first when the hooks' dense warm-up and the
-    untimed steps are over (step 12)."""
-    out = tmp_path / "nb.json"
-    assert netbench.main([
-        "--workloads", "cnn", "--arms", "allreduce,powersgd@2,powersgd@4,lgreco_powersgd@4",
-        "--steps", "14", "--warmup-steps", "12", "--bandwidth", "1gbit", "--json", str(out),
-        "--data", str(REPO / "bench-results" / "data"),
-    ]) == 0
-    payload = json.loads(out.read_text())
-    recs = {r["arm"]: r for r in payload["results"]}
-    assert all(r["status"] == "ok" for r in recs.values()), recs
-    # rank 2 against 4 on the same steps: fewer bytes
-    assert recs["powersgd@2"]["ledger_bytes_per_step"] < recs["powersgd@4"]["ledger_bytes_per_step"]
-    assert "powersgd@4_over_allreduce_loss" not in payload["figures"]["cnn"]  # base names only
-    assert out.with_name("nb-frontier.png").stat().st_size > 10_000
-    assert 0 < recs["lgreco_powersgd@4"]["error_ratio"] <= 1.0 + 1e-9
-    plan = payload["plans"]["cnn/lgreco_powersgd@4"][0]
-    assert plan["step"] == 12 and "fc1.weight" in plan["settings"]
-    assert out.with_name("nb-plans.png").stat().st_size > 10_000
-    with pytest.raises(SystemExit):
-        netbench.parse_args(["--arms", "allreduce@4"])  # no setting to give
-    with pytest.raises(SystemExit):
-        netbench.parse_args(["--arms", "topk@dense"])
-
-
 def test_arms_are_parsed_once_from_the_registry():
     """Every method has every form; _fixed turns the schedule off and keeps the dense warm-up;
     an @SETTING is checked by the method's own knob."""
@@ -384,14 +334,40 @@ def test_arms_are_parsed_once_from_the_registry():
 
 README_COMMAND = "python -m benchmarks.network.netbench --workloads cnn --arms allreduce,powersgd"
 
-def test_readmes_netbench_command_at_quick_size(tmp_path):
-    """README's "check yours" command, as written plus ``--quick`` on a 1 Gbit/s link (here,
-    in this file's worker: no two tests may own network namespaces at once)."""
+
+def test_readmes_netbench_command_writes_valid_json(tmp_path):
+    """README's "check yours" command, as written plus ``--quick`` (16 steps) on a 1 Gbit/s
+    link (here, in this file's worker: no two tests may own network namespaces at once).
+    12 untimed steps hold the hooks' 10 dense warm-up steps: the timed ones compress."""
     assert README_COMMAND in (REPO / "README.md").read_text()
-    argv = README_COMMAND.split()[3:] + ["--quick", "--bandwidth", "1gbit",
-                                         "--json", str(tmp_path / "nb.json")]
+    out = tmp_path / "nb.json"
+    argv = README_COMMAND.split()[3:] + ["--quick", "--warmup-steps", "12", "--bandwidth",
+                                         "1gbit", "--json", str(out)]
     assert netbench.main(argv) == 0
-    arms = {r["arm"]: r for r in json.loads((tmp_path / "nb.json").read_text())["results"]}
-    assert set(arms) == {"allreduce", "powersgd"}
-    assert all(r["status"] == "ok" for r in arms.values())
+    payload = json.loads(out.read_text())
+    assert payload["config"]["steps"] == {"cnn": 16}
+    assert [r["arm"] for r in payload["results"]] == ["allreduce", "powersgd"]
+    recs = {r["arm"]: r for r in payload["results"]}
+    for arm, r in recs.items():
+        assert r["status"] == "ok", json.dumps(r, indent=1)  # the ranks' log tails in full
+        for key in ("wire_bytes_per_step", "ledger_bytes_per_step", "step_time_s",
+                    "loss_at_equal_steps"):
+            assert isinstance(r[key], float | int), (arm, key)
+        assert r["equal_steps"] == 16 and r["smooth_steps"] == 5
+        assert r["target_loss"] == recs["allreduce"]["loss_at_equal_steps"]
+        # allreduce stops at 16; the compressed arm may chase the target to 32
+        assert r["steps_run"] == 16 if arm == "allreduce" else 16 <= r["steps_run"] <= 32
+        assert r["timed_steps"] == r["steps_run"] - 12
+        assert len(payload["curves"][f"cnn/{arm}"]) == r["steps_run"]
+        assert (r["time_to_target_s"] is None) == (r["time_to_target_why"] is not None)
+    assert recs["allreduce"]["time_to_target_s"] is not None  # its own loss, by definition
+    chased = recs["powersgd"]
+    assert chased["time_to_target_s"] is not None or chased["steps_run"] == 32
+    dense = recs["allreduce"]["dense_bytes"]
+    # 2 ranks, ring all-reduce: each side sends and receives the whole gradient once
+    assert 2 * dense < recs["allreduce"]["wire_bytes_per_step"] < 2.4 * dense
+    # steps 12-15 are in Accordion's first, gentle interval (rank 32; the convolutions then
+    # shrink less than 2x and travel dense): measured 0.19
+    assert recs["powersgd"]["wire_bytes_per_step"] < 0.3 * recs["allreduce"]["wire_bytes_per_step"]
+    assert out.with_suffix(".png").stat().st_size > 10_000
     assert mine() == []
