@@ -279,6 +279,14 @@ class CompressedReducer:
             grads.append(p.grad)
         self.reduce(grads, names, comm, step)
 
+    def state_bytes(self) -> int:
+        """Bytes of the per-tensor state this rank keeps between steps: error-feedback
+        residuals, the method's memory (PowerSGD's Qs) and momentum correction's buffers."""
+        tensors = [*self.residuals.values(), *self.memory.values()]
+        if self.dgc is not None:
+            tensors += [*self.dgc.velocity.values(), *self.dgc.buffer.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {

@@ -1,0 +1,277 @@
+"""Compressed cross-node gradient averaging for sharded models (FSDP2, HSDP layout).
+
+One call after ``fully_shard``, with each node's ranks as the shard mesh::
+
+    mesh = init_device_mesh("cuda", (nodes, ranks_per_node), mesh_dim_names=("node", "shard"))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh["shard"])
+    fully_shard(model, mesh=mesh["shard"])
+    state = FSDPCompression(model, "powersgd", rank=4)
+    ...
+    state.close()
+
+Why this layout: FSDP2's reduce-scatter then runs inside each node, dense, over the fast link,
+and leaves every rank with its node's mean of one shard of every gradient; nodes hold the same
+shards, so the average over nodes is one all-reduce per shard among the ranks with the same
+place in their node (the *peers*). That all-reduce is what native HSDP sends dense over the
+slow link; here it is replaced through ``FSDPModule.set_all_reduce_hook``, which runs on the
+reduce-scatter output when the mesh is 1-D, by distcomp's reducer: each parameter's shard is a
+row block (rows, *rest) of its weight, compressed like any gradient (PowerSGD as a matrix,
+top-k, QSGD, L-GreCo plans per shard), with error feedback, warm-start Qs and schedules kept
+per shard. A rank's compression state is therefore about 1/ranks_per_node of the model's.
+Nothing else of FSDP2 changes: all-gathers, resharding, mixed precision, activation
+checkpointing and the optimizer see ordinary sharded gradients.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from distcomp.comm import TorchComm, check_same
+from distcomp.compression.lgreco import LGreCoConfig
+from distcomp.compression.options import parse_options, settings_of, trainable
+from distcomp.compression.reducer import CompressedReducer
+from distcomp.compression.sharded import ShardSlot, layout, managed_parameters, views
+from distcomp.compression.topology import Topology, check_topology
+from distcomp.ledger import ByteLedger
+
+log = logging.getLogger(__name__)
+_FSDP_METHODS = ("set_all_reduce_hook", "set_reduce_scatter_unused_params",
+                 "set_requires_gradient_sync")
+
+
+def fsdp_module_class() -> type:
+    """torch's ``FSDPModule``; RuntimeError naming what is missing on an older torch."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        raise RuntimeError(f"FSDPCompression needs FSDP2 (torch.distributed.fsdp.FSDPModule); "
+                           f"torch {torch.__version__} has none: use torch >= 2.6") from None
+    missing = [m for m in _FSDP_METHODS if not hasattr(FSDPModule, m)]
+    if missing:
+        raise RuntimeError(f"torch {torch.__version__}'s FSDPModule lacks {', '.join(missing)}: "
+                           "use torch >= 2.6")
+    return FSDPModule
+
+
+class FSDPCompression:
+    """Compressed averaging across nodes for a model sharded with ``fully_shard`` inside each
+    node. Construct it on every rank after the last ``fully_shard`` and before the first
+    backward; settings are validated before any collective, then compared across ranks (the
+    same ValueError everywhere where they differ).
+
+    Args:
+      model: the root module (an ``FSDPModule``, or a module holding ``FSDPModule`` s); every
+        sharded module must use the same 1-D mesh of one node's ranks.
+      method, **options: as :class:`distcomp.hooks.ddp.CompressionState` (``rank``,
+        ``density``, ``bits``, ``warmup_steps``, ``error_feedback``, ``timeout_s``, ...).
+      lgreco: L-GreCo planning per shard (an ``LGreCoConfig`` or a dict of its fields).
+      ranks_per_node: checked against the mesh when given (the mesh size is the truth).
+
+    Fields:
+      config: the validated configuration.
+      reducer: the cross-node :class:`~distcomp.compression.reducer.CompressedReducer`; its
+        state covers this rank's shards only and its ledger counts slow-link bytes.
+      topology: nodes x ranks per node, from the mesh.
+      step: gradient reductions done (a backward under ``set_requires_gradient_sync(False)``
+        reduces nothing and does not count).
+      fast_ledger: bytes this rank handed to FSDP2's reduce-scatters inside the node.
+
+    It holds a process group: :meth:`close` it before ``destroy_process_group()``.
+    """
+
+    def __init__(self, model: nn.Module, method: str = "powersgd", *,
+                 lgreco: LGreCoConfig | dict | None = None, ranks_per_node: int | None = None,
+                 **options):
+        self.config, lgreco = parse_options(method, options, lgreco)
+        if ranks_per_node is not None and (isinstance(ranks_per_node, bool) or
+                                           not isinstance(ranks_per_node, int) or
+                                           ranks_per_node < 1):
+            raise ValueError(f"ranks_per_node must be an integer >= 1 or None, "
+                             f"got {ranks_per_node!r}")
+        fsdp = fsdp_module_class()
+        if not dist.is_initialized():
+            raise RuntimeError("FSDPCompression needs torch.distributed initialized")
+        names = {p: n for n, p in model.named_parameters()}
+        modules = [m for m in model.modules() if isinstance(m, fsdp)]
+        if not modules:
+            raise ValueError("the model holds no FSDPModule: call fully_shard(...) on it first")
+        self._groups, mesh = [], None
+        for m in modules:
+            params = [p for _, p in managed_parameters(m, lambda c: isinstance(c, fsdp))
+                      if p.requires_grad and hasattr(p, "device_mesh")]
+            for p in params:
+                mesh = _check_placement(names[p], p, mesh)
+            self._groups.append((m, [(names[p], p.shape) for p in params]))
+        shards = mesh.size()
+        self._rank, world = dist.get_rank(), dist.get_world_size()
+        self.topology = Topology(self._rank, world, shards)
+        if ranks_per_node is not None and ranks_per_node != shards:
+            raise ValueError(f"ranks_per_node={ranks_per_node}, but the model is sharded over "
+                             f"{shards} ranks: shard each node's ranks (mesh['shard'])")
+        self._settings = settings_of(self.config, lgreco, trainable(model))
+        self.reducer = CompressedReducer(self.config, rank=self._rank, lgreco=lgreco)
+        self.fast_ledger = ByteLedger()
+        self._step = 0
+        self._reduced = self._closed = False
+        self._peer_groups: list = []
+        self._peers = None
+        world_comm = TorchComm(None, self.config.timeout_s)
+        check_same(world_comm, "FSDPCompression", self._settings)
+        mesh_ranks = dist.get_process_group_ranks(mesh.get_group())
+        check_topology(world_comm, self.topology, mesh_ranks.index(self._rank))
+        if mesh_ranks != self.topology.node_ranks(self.topology.node):
+            raise ValueError(f"rank {self._rank} shards with ranks {mesh_ranks}, not its node "
+                             f"{self.topology.node_ranks(self.topology.node)}")
+        if self.topology.nodes < 2:
+            raise ValueError("the model is sharded over the whole world: there is no cross-node "
+                             "average to compress; shard over each node's ranks (mesh['shard'])")
+        self._bind(model, modules)
+
+    def _bind(self, model: nn.Module, modules: list) -> None:
+        """Peer groups (collective: every rank creates every group), the same starting
+        parameters on every node, then the hooks."""
+        t, backend = self.topology, dist.get_backend()
+        self._peer_groups = [dist.new_group(t.peer_ranks(r), backend=backend)
+                             for r in range(t.ranks_per_node)]
+        group = self._peer_groups[t.local_rank]
+        self._peers = TorchComm(group, self.config.timeout_s)
+        with torch.no_grad():  # like DDP: every replica starts from node 0's parameters
+            for m in modules:
+                for p in m.parameters(recurse=False):
+                    if hasattr(p, "to_local") and p.to_local().numel():
+                        dist.broadcast(p.to_local(), src=t.peer_ranks(t.local_rank)[0],
+                                       group=group)
+        self._slots = [layout(params, t.ranks_per_node, t.local_rank) for _, params in
+                       self._groups]
+        for (m, _), slots in zip(self._groups, self._slots):
+            m.set_reduce_scatter_unused_params(True, recurse=False)  # a stable layout
+            m.set_all_reduce_hook(partial(sharded_all_reduce_hook, self, slots))
+        self._forward_hook = model.register_forward_pre_hook(lambda *_: self._end_step())
+
+    @property
+    def step(self) -> int:
+        """Steps whose gradients were reduced (the one in progress included once it reduced)."""
+        return self._step + self._reduced
+
+    def _end_step(self) -> None:
+        """The next forward begins a new step if this one reduced anything."""
+        if self._reduced:
+            self._step += 1
+            self._reduced = False
+
+    def close(self) -> None:
+        """Destroy the peer groups; the installed hooks then refuse to run (the replicas would
+        drift apart silently otherwise). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._forward_hook.remove()
+        if dist.is_initialized():
+            for g in self._peer_groups:
+                dist.destroy_process_group(g)
+        self._peer_groups, self._peers = [], None
+
+    def __enter__(self) -> FSDPCompression:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def compression_stats(self, per_layer: bool = False) -> dict:
+        """Bytes per link so far: the slow link (the compressed cross-node averages, sent
+        bytes against what native HSDP's dense all-reduce would send) and ``"fast_link"``
+        (FSDP2's reduce-scatters), plus ``"state_bytes"``: the compression state this rank
+        holds (error feedback, method memory, momentum correction)."""
+        out = self.reducer.ledger.summary(per_key=per_layer)
+        out["fast_link"] = self.fast_ledger.summary(per_key=per_layer)
+        out["state_bytes"] = self.reducer.state_bytes()
+        return out
+
+    def plan(self) -> list[dict]:
+        """L-GreCo's latest per-shard plan on this rank (empty without L-GreCo)."""
+        return [] if self.reducer.lgreco is None else list(self.reducer.lgreco.rows)
+
+    def state_dict(self) -> dict:
+        """This rank's state under a key of its own, ``{"rank<r>": bytes}`` (plus the step):
+        ranks hold different shards' residuals, so ``torch.distributed.checkpoint`` keeps each
+        rank's entry (it would keep one copy of a key every rank shares). Put the object itself
+        in the dict given to ``dcp.save``/``dcp.load``, or ``torch.save`` the result per rank."""
+        self._end_step()
+        blob = io.BytesIO()
+        torch.save({"reducer": self.reducer.state_dict(), "topology": self._topology_key(),
+                    "fast_ledger": self.fast_ledger.state_dict()}, blob)
+        return {"step": self.step, f"rank{self._rank}": blob.getvalue()}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = state.get(f"rank{self._rank}")
+        if mine is None:
+            raise ValueError(f"the checkpoint holds no compression state for rank {self._rank}")
+        saved = torch.load(io.BytesIO(mine), weights_only=False)
+        if saved["topology"] != self._topology_key():
+            raise ValueError(f"checkpoint was saved with topology {saved['topology']}, this run "
+                             f"has {self._topology_key()}: residuals are sharded by it")
+        self.reducer.load_state_dict(saved["reducer"])
+        self.fast_ledger.load_state_dict(saved["fast_ledger"])
+        self._step, self._reduced = int(state["step"]), False
+
+    def _topology_key(self) -> dict:
+        t = self.topology
+        return {"nodes": t.nodes, "ranks_per_node": t.ranks_per_node, "rank": t.rank}
+
+    def __repr__(self) -> str:
+        return (f"FSDPCompression(method={self.config.method!r}, "
+                f"setting={self.config.setting}, {self.topology.nodes} nodes x "
+                f"{self.topology.ranks_per_node}, step={self.step}"
+                f"{', closed' if self._closed else ''})")
+
+
+def _check_placement(name: str, p: torch.Tensor, mesh):
+    """The parameter's mesh, checked: 1-D, the same for every parameter, sharded on dim 0."""
+    from torch.distributed.tensor import Shard
+
+    if p.device_mesh.ndim != 1:
+        raise ValueError(f"parameter {name!r} is on a {p.device_mesh.ndim}-D mesh: native HSDP "
+                         "all-reduces densely before any hook; shard with the 1-D sub-mesh of "
+                         "each node's ranks (mesh['shard']) and FSDPCompression averages across "
+                         "nodes")
+    if mesh is not None and p.device_mesh != mesh:
+        raise ValueError(f"parameter {name!r} is on another mesh than the others; shard every "
+                         "module over the same node mesh")
+    if tuple(p.placements) != (Shard(0),):
+        raise ValueError(f"parameter {name!r} is placed {tuple(p.placements)}; FSDPCompression "
+                         "needs FSDP2's default Shard(0) (no shard_placement_fn)")
+    return p.device_mesh
+
+
+def sharded_all_reduce_hook(state: FSDPCompression, slots: list[ShardSlot],
+                            reduce_output: torch.Tensor) -> None:
+    """FSDP2's all-reduce hook for one sharded module: ``reduce_output`` (flat, this rank's
+    node-mean shards of the module's gradients) becomes the mean over all nodes, in place,
+    through the cross-node reducer. Runs where FSDP2 calls it, synchronously: every peer
+    reaches the modules in the same backward order."""
+    if state._closed:
+        raise RuntimeError("FSDPCompression is closed: the model's gradients are no longer "
+                           "averaged across nodes; build a new one")
+    if not slots:
+        return
+    expected = sum(s.padded for s in slots)
+    if reduce_output.numel() != expected:
+        raise RuntimeError(
+            f"FSDP2 reduced {reduce_output.numel()} elements where this module's parameters "
+            f"make {expected}: parameters were added, frozen or laid out unlike FSDP2's order "
+            f"({[s.key for s in slots]})")
+    step = state._step
+    state._reduced = True
+    grads = views(reduce_output, slots)
+    keys = [s.key for s in slots]
+    state.reducer.reduce(grads, keys, state._peers, step)
+    size = reduce_output.element_size() * state.topology.ranks_per_node
+    for s in slots:
+        state.fast_ledger.record(step, s.key, s.padded * size, "reduce_scatter")

@@ -1,0 +1,339 @@
+"""Compressed cross-node averaging for FSDP2 on 4 real gloo ranks, 2 nodes x 2: the dense path
+equals native HSDP bit for bit, PowerSGD and top-k match a reference computed by hand from the
+ranks' raw gradients, replicas stay identical, gradient accumulation and unused parameters
+work, torch.distributed.checkpoint resumes bit for bit, and bad settings fail on every rank
+before any collective."""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from distcomp.compression.methods.powersgd import PowerSGD, as_matrix, orthogonalize
+from distcomp.compression.sharded import layout, managed_parameters
+from distcomp.hooks.fsdp import FSDPCompression
+from tests.multiproc import outcome, run_ranks
+
+RAW = {"warmup_steps": 0, "accordion": False}
+
+
+class Net(nn.Module):
+    """Residual MLP blocks and an odd-sized head (5 rows: shards of 3 and 2 rows, padding);
+    ``spare`` is used only when asked (an unused parameter on the other steps)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32)) for _ in range(2)])
+        self.spare = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x, use_spare=False):
+        for b in self.blocks:
+            x = x + b(x)
+        if use_spare:
+            x = x + self.spare(x)
+        return self.head(x)
+
+
+def _mesh(hsdp=False):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("node", "shard"))
+    return mesh if hsdp else mesh["shard"]
+
+
+def _build(hsdp=False, seed=0, **fsdp_kw):
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(seed)
+    model, mesh = Net(), _mesh(hsdp)
+    for b in model.blocks:
+        fully_shard(b, mesh=mesh, **fsdp_kw)
+    fully_shard(model, mesh=mesh, **fsdp_kw)
+    model.set_reduce_scatter_unused_params(True)  # ranks use ``spare`` on different steps
+    return model
+
+
+def _batch(rank, step, n=16):
+    gen = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(n, 32, generator=gen), torch.randint(0, 5, (n,), generator=gen)
+
+
+def _train(model, opt, rank, start, steps, spare_every=0):
+    losses = []
+    for step in range(start, start + steps):
+        x, y = _batch(rank, step)
+        use = bool(spare_every) and step % spare_every == 0 and rank == 0
+        loss = nn.functional.cross_entropy(model(x, use_spare=use), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def _full(model):
+    return {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
+
+
+def _run(me, hsdp=False, method=None, steps=4, **options):
+    model = _build(hsdp)
+    state = None if method is None else FSDPCompression(model, method, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = _train(model, opt, me, 0, steps, spare_every=3)
+    stats = None if state is None else state.compression_stats()
+    if state is not None:
+        state.close()
+    return {"params": _full(model), "losses": losses, "stats": stats}
+
+
+def _node_means_of_raw_grads(rank):
+    """Every rank's full gradient of step 0 from an unsharded copy, all-gathered, averaged per
+    node: what FSDP2's reduce-scatter leaves before the cross-node step."""
+    torch.manual_seed(0)
+    plain = Net()
+    x, y = _batch(rank, 0)
+    nn.functional.cross_entropy(plain(x), y).backward()
+    out = {}
+    for n, p in plain.named_parameters():
+        if p.grad is None:
+            continue
+        rows = [torch.empty_like(p.grad) for _ in range(4)]
+        dist.all_gather(rows, p.grad)
+        out[n] = [(rows[0] + rows[1]) / 2, (rows[2] + rows[3]) / 2]
+    return out
+
+
+def _one_step_grads(me, method, **options):
+    model = _build()
+    state = FSDPCompression(model, method, min_compression_rate=0, **RAW, **options)
+    x, y = _batch(me, 0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    grads = {n: p.grad.to_local().clone() for n, p in model.named_parameters()
+             if p.grad is not None}
+    state.close()
+    return grads
+
+
+def _layout_check(rank):
+    """Our reading of FSDP2's order and padding against FSDP2's own (private) records."""
+    from torch.distributed.fsdp import FSDPModule
+
+    model = _build()
+    names = {p: n for n, p in model.named_parameters()}
+    for m in [m for m in model.modules() if isinstance(m, FSDPModule)]:
+        ours = [names[p] for _, p in managed_parameters(m, lambda c: isinstance(c, FSDPModule))]
+        group = m._get_fsdp_state()._fsdp_param_group
+        theirs = [names[fp.sharded_param] for fp in group.fsdp_params]
+        assert ours == theirs, (ours, theirs)
+        slots = layout([(n, model.get_parameter(n).shape) for n in ours], 2, rank % 2)
+        for s, fp in zip(slots, group.fsdp_params):
+            assert s.shape == fp.sharded_size, (s, fp.sharded_size)
+            assert s.padded == fp.padded_sharded_param_size.numel(), s
+    return True
+
+
+def _equivalence(rank, world):
+    torch.manual_seed(0)
+    return {
+        "layout": _layout_check(rank),
+        "native": _run(rank, hsdp=True),
+        "dense": _run(rank, method="powersgd", warmup_steps=10**6),
+        "powersgd": _run(rank, method="powersgd", rank=2, **RAW),
+        "topk": _run(rank, method="topk", density=0.1, **RAW),
+        "raw": _node_means_of_raw_grads(rank),
+        "psgd_step": _one_step_grads(rank, "powersgd", rank=2),
+        "topk_step": _one_step_grads(rank, "topk", density=0.1),
+    }
+
+
+def _powersgd_reference(node_means, local_rank, key, r=2):
+    """P = orth(sum_n M_n Q0), Q = sum_n M_n^T P, average P Q^T / nodes on the shard rows."""
+    rows = node_means[0].shape[0]
+    per = -(-rows // 2)
+    ms = [as_matrix(m[local_rank * per : (local_rank + 1) * per]) if m.dim() > 1 else None
+          for m in node_means]
+    q0 = PowerSGD(rank=r).initial_q(node_means[0][:per].shape, r, 0, key)
+    p = orthogonalize(sum(m @ q0 for m in ms))
+    q = sum(m.t() @ p for m in ms)
+    return (p @ q.t()) / 2
+
+
+def test_dense_path_equals_native_hsdp_and_compressed_match_hand_references():
+    res = run_ranks(_equivalence, world=4, timeout_s=120)
+    assert all(r["layout"] for r in res)
+    for r in res:  # compression off: FSDP2's own HSDP reduction, bit for bit
+        assert r["dense"]["losses"] == r["native"]["losses"]
+        for k, v in r["native"]["params"].items():
+            assert torch.equal(r["dense"]["params"][k], v), k
+    for method in ("powersgd", "topk"):  # every replica holds the same model
+        for r in res[1:]:
+            for k, v in res[0][method]["params"].items():
+                assert torch.equal(r[method]["params"][k], v), (method, k)
+        stats = res[0][method]["stats"]
+        assert stats["sent_bytes"] < 0.6 * stats["dense_bytes"], (method, stats)
+        assert stats["fast_link"]["sent_bytes"] > 0 and stats["state_bytes"] > 0
+        # it trains: the last losses are near the dense run's
+        assert abs(res[0][method]["losses"][-1] - res[0]["native"]["losses"][-1]) < 0.15
+    for rank, r in enumerate(res):
+        local = rank % 2
+        for key, means in r["raw"].items():
+            per = -(-means[0].shape[0] // 2)
+            shards = [m[local * per : (local + 1) * per] for m in means]
+            mean = (shards[0] + shards[1]) / 2
+            if means[0].dim() == 1:  # biases travel dense: the exact mean over nodes
+                for step in ("psgd_step", "topk_step"):
+                    torch.testing.assert_close(r[step][key], mean, rtol=1e-5, atol=1e-7)
+                continue
+            # PowerSGD rank 2 on the shard's row block
+            got = r["psgd_step"][key]
+            want = _powersgd_reference(means, local, key).view_as(got)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+            # top-k: each node's largest 10% of its shard, then the mean over nodes
+            sparse = []
+            for s in shards:
+                k = max(1, round(0.1 * s.numel()))
+                flat = torch.zeros(s.numel())
+                idx = s.reshape(-1).abs().topk(k).indices
+                flat[idx] = s.reshape(-1)[idx]
+                sparse.append(flat.view_as(s))
+            got = r["topk_step"][key]
+            torch.testing.assert_close(got, (sparse[0] + sparse[1]) / 2, rtol=1e-5, atol=1e-7)
+
+
+def _accumulate(rank, micro):
+    """Three steps of 16 samples per rank, in ``micro`` backward passes each (the first ones
+    under ``set_requires_gradient_sync(False)``); sum-reduced losses make the gradients equal."""
+    model = _build()
+    state = FSDPCompression(model, "powersgd", rank=2, **RAW)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for step in range(3):
+        x, y = _batch(rank, step)
+        for i, (xs, ys) in enumerate(zip(x.chunk(micro), y.chunk(micro))):
+            model.set_requires_gradient_sync(i == micro - 1)
+            (nn.functional.cross_entropy(model(xs), ys, reduction="sum") / 16).backward()
+        opt.step()
+        opt.zero_grad()
+    steps = state.step
+    state.close()
+    return _full(model), steps
+
+
+def _mixed_precision(rank, method, **options):
+    """bf16 parameters, fp32 reduction, activation checkpointing of every block."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    from torch.utils.checkpoint import checkpoint
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    model = _build(hsdp=method is None, mp_policy=policy)
+    for b in model.blocks:
+        b.forward = (lambda inner: lambda x: checkpoint(inner, x, use_reentrant=False))(
+            b.forward)
+    state = None if method is None else FSDPCompression(model, method, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = _train(model, opt, rank, 0, 3)
+    if state is not None:
+        state.close()
+    return {"params": _full(model), "losses": losses}
+
+
+def _resume(rank, path, split=2, more=2):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def make():
+        model = _build()
+        state = FSDPCompression(model, "powersgd", rank=2, **RAW)
+        return model, state, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    model, state, opt = make()
+    _train(model, opt, rank, 0, split)
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd, "compression": state}, checkpoint_id=path)
+    expected = _train(model, opt, rank, split, more), _full(model), state.step
+    state.close()
+    model, state, opt = make()
+    msd, osd = get_state_dict(model, opt)
+    loaded = {"model": msd, "optim": osd, "compression": state}
+    dcp.load(loaded, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    got = _train(model, opt, rank, split, more), _full(model), state.step
+    state.close()
+    return expected, got
+
+
+def _differs(rank):
+    return outcome(lambda: FSDPCompression(_build(), "powersgd", rank=2 + (rank == 3)))
+
+
+def _two_d(rank):
+    return outcome(lambda: FSDPCompression(_build(hsdp=True), "powersgd"))
+
+
+def _features(rank, world, path):
+    return {"one": _accumulate(rank, 1), "two": _accumulate(rank, 2),
+            "mp_native": _mixed_precision(rank, None),
+            "mp_dense": _mixed_precision(rank, "powersgd", warmup_steps=10**6),
+            "mp_psgd": _mixed_precision(rank, "qsgd", bits=4, **RAW),
+            "resume": _resume(rank, path), "differs": _differs(rank), "two_d": _two_d(rank)}
+
+
+def test_accumulation_mixed_precision_checkpointing_resume_and_bad_settings():
+    with tempfile.TemporaryDirectory() as path:
+        res = run_ranks(_features, world=4, timeout_s=150, path=path)
+    for r in res:
+        (one, steps1), (two, steps2) = r["one"], r["two"]
+        assert steps1 == steps2 == 3  # accumulation passes reduce nothing and do not count
+        for k, v in one.items():
+            torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-6)
+        assert r["mp_dense"]["losses"] == r["mp_native"]["losses"]
+        for k, v in r["mp_native"]["params"].items():
+            assert torch.equal(r["mp_dense"]["params"][k], v), k
+        (losses, params, step), (losses2, params2, step2) = r["resume"]
+        assert losses == losses2 and step == step2 == 4
+        assert all(torch.equal(params[k], params2[k]) for k in params)
+        assert "ranks were configured differently" in r["differs"]["error"]
+        assert "rank: rank 0=2, rank 1=2, rank 2=2, rank 3=3" in r["differs"]["error"]
+        assert "mesh['shard']" in r["two_d"]["error"]
+    for r in res[1:]:
+        for k, v in res[0]["mp_psgd"]["params"].items():
+            assert torch.equal(r["mp_psgd"]["params"][k], v), k
+
+
+def test_bad_settings_fail_before_any_process_group():
+    with pytest.raises(ValueError, match="method must be one of"):
+        FSDPCompression(nn.Linear(2, 2), "nope")
+    with pytest.raises(ValueError, match="rank"):
+        FSDPCompression(nn.Linear(2, 2), "powersgd", rank=0)
+    with pytest.raises(ValueError, match="ranks_per_node"):
+        FSDPCompression(nn.Linear(2, 2), "powersgd", ranks_per_node=0)
+    with pytest.raises(RuntimeError, match="torch.distributed initialized"):
+        FSDPCompression(nn.Linear(2, 2), "powersgd")
+
+
+def _silent_peer(rank, world):
+    import time
+
+    model = _build()
+    state = FSDPCompression(model, "powersgd", rank=2, timeout_s=3.0, **RAW)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    _train(model, opt, rank, 0, 1)
+    assert state.step == 1
+    if rank == 2:  # alive, but never joins the next step's collectives
+        time.sleep(8)
+        return {"error": None}
+    return outcome(lambda: _train(model, opt, rank, 1, 1))
+
+
+def test_a_silent_peer_becomes_an_error_on_every_rank_not_a_hang():
+    res = run_ranks(_silent_peer, world=4, timeout_s=60, pg_timeout_s=5.0)
+    for rank in (0, 1):  # the compressed cross-node step waits at most timeout_s
+        assert "timed out" in res[rank]["error"] and res[rank]["seconds"] < 7, res[rank]
+    # its node's other rank waits in FSDP2's own reduce-scatter, which gloo ends when the
+    # silent rank leaves (or at the process group's timeout): an error too, never a hang
+    assert res[3]["error"] and res[3]["seconds"] < 15, res[3]
