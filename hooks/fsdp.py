@@ -39,6 +39,7 @@ from distcomp.compression.options import parse_options, settings_of, trainable
 from distcomp.compression.reducer import CompressedReducer
 from distcomp.compression.sharded import ShardSlot, layout, managed_parameters, views
 from distcomp.compression.topology import Topology, check_topology
+from distcomp.hooks.by_name import method_options
 from distcomp.ledger import ByteLedger
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,12 @@ class FSDPCompression:
     Args:
       model: the root module (an ``FSDPModule``, or a module holding ``FSDPModule`` s); every
         sharded module must use the same 1-D mesh of one node's ranks.
-      method, **options: as :class:`distcomp.hooks.ddp.CompressionState` (``rank``,
-        ``density``, ``bits``, ``warmup_steps``, ``error_feedback``, ``timeout_s``, ...).
+      method, **options: a name :func:`distcomp.hooks.attach` takes (a method, or
+        ``"lgreco-"`` + a method) and the options of
+        :class:`distcomp.hooks.ddp.CompressionState` (``rank``, ``density``, ``bits``,
+        ``warmup_steps``, ``error_feedback``, ``timeout_s``, ...).
+      optimizer: what a method reads from it (top-k's momentum from ``SGD(momentum=m)``), as
+        :func:`distcomp.hooks.attach` does; explicit options win.
       lgreco: L-GreCo planning per shard (an ``LGreCoConfig`` or a dict of its fields).
       ranks_per_node: checked against the mesh when given (the mesh size is the truth).
 
@@ -86,9 +91,13 @@ class FSDPCompression:
     It holds a process group: :meth:`close` it before ``destroy_process_group()``.
     """
 
-    def __init__(self, model: nn.Module, method: str = "powersgd", *,
+    def __init__(self, model: nn.Module, method: str = "powersgd", *, optimizer=None,
                  lgreco: LGreCoConfig | dict | None = None, ranks_per_node: int | None = None,
                  **options):
+        if lgreco is not None:
+            options["lgreco"] = lgreco
+        method, options = method_options(method, optimizer, **options)
+        lgreco = options.pop("lgreco", None)
         self.config, lgreco = parse_options(method, options, lgreco)
         if ranks_per_node is not None and (isinstance(ranks_per_node, bool) or
                                            not isinstance(ranks_per_node, int) or
@@ -274,4 +283,5 @@ def sharded_all_reduce_hook(state: FSDPCompression, slots: list[ShardSlot],
     state.reducer.reduce(grads, keys, state._peers, step)
     size = reduce_output.element_size() * state.topology.ranks_per_node
     for s in slots:
+        state.fast_ledger.record_dense(step, s.key, s.padded * size)
         state.fast_ledger.record(step, s.key, s.padded * size, "reduce_scatter")

@@ -83,10 +83,11 @@ def _full(model):
 
 def _run(me, hsdp=False, method=None, steps=4, **options):
     model = _build(hsdp)
-    state = None if method is None else FSDPCompression(model, method, **options)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    state = None if method is None else FSDPCompression(model, method, optimizer=opt, **options)
     losses = _train(model, opt, me, 0, steps, spare_every=3)
-    stats = None if state is None else state.compression_stats()
+    stats = None if state is None else {**state.compression_stats(), "plan": state.plan(),
+                                        "momentum": state.reducer.compressor.momentum}
     if state is not None:
         state.close()
     return {"params": _full(model), "losses": losses, "stats": stats}
@@ -145,7 +146,8 @@ def _equivalence(rank, world):
         "native": _run(rank, hsdp=True),
         "dense": _run(rank, method="powersgd", warmup_steps=10**6),
         "powersgd": _run(rank, method="powersgd", rank=2, **RAW),
-        "topk": _run(rank, method="topk", density=0.1, **RAW),
+        "topk": _run(rank, method="lgreco-topk", density=0.1, lgreco={"warmup_steps": 3,
+                                                                      "window": 2}, **RAW),
         "raw": _node_means_of_raw_grads(rank),
         "psgd_step": _one_step_grads(rank, "powersgd", rank=2),
         "topk_step": _one_step_grads(rank, "topk", density=0.1),
@@ -178,8 +180,12 @@ def test_dense_path_equals_native_hsdp_and_compressed_match_hand_references():
         stats = res[0][method]["stats"]
         assert stats["sent_bytes"] < 0.6 * stats["dense_bytes"], (method, stats)
         assert stats["fast_link"]["sent_bytes"] > 0 and stats["state_bytes"] > 0
+        assert stats["fast_link"]["ratio"] == 1.0  # FSDP2's reduce-scatter stays dense
         # it trains: the last losses are near the dense run's
         assert abs(res[0][method]["losses"][-1] - res[0]["native"]["losses"][-1]) < 0.15
+    # top-k read SGD's momentum for its correction; L-GreCo planned the shards it compresses
+    assert res[0]["topk"]["stats"]["momentum"] == 0.9
+    assert res[0]["topk"]["stats"]["plan"] and not res[0]["powersgd"]["stats"]["plan"]
     for rank, r in enumerate(res):
         local = rank % 2
         for key, means in r["raw"].items():
@@ -306,8 +312,10 @@ def test_accumulation_mixed_precision_checkpointing_resume_and_bad_settings():
 
 
 def test_bad_settings_fail_before_any_process_group():
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="unknown compression 'nope'"):
         FSDPCompression(nn.Linear(2, 2), "nope")
+    with pytest.raises(ValueError, match="unknown compression 'lgreco-nope'"):
+        FSDPCompression(nn.Linear(2, 2), "lgreco-nope")
     with pytest.raises(ValueError, match="rank"):
         FSDPCompression(nn.Linear(2, 2), "powersgd", rank=0)
     with pytest.raises(ValueError, match="ranks_per_node"):
