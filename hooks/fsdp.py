@@ -26,7 +26,6 @@ checkpointing and the optimizer see ordinary sharded gradients.
 from __future__ import annotations
 
 import io
-import logging
 from functools import partial
 
 import torch
@@ -38,11 +37,10 @@ from distcomp.compression.lgreco import LGreCoConfig
 from distcomp.compression.options import parse_options, settings_of, trainable
 from distcomp.compression.reducer import CompressedReducer
 from distcomp.compression.sharded import ShardSlot, layout, managed_parameters, views
-from distcomp.compression.topology import Topology, check_topology
+from distcomp.compression.topology import Topology, check_topology, check_topology_options
 from distcomp.hooks.by_name import method_options
 from distcomp.ledger import ByteLedger
 
-log = logging.getLogger(__name__)
 _FSDP_METHODS = ("set_all_reduce_hook", "set_reduce_scatter_unused_params",
                  "set_requires_gradient_sync")
 
@@ -99,11 +97,7 @@ class FSDPCompression:
         method, options = method_options(method, optimizer, **options)
         lgreco = options.pop("lgreco", None)
         self.config, lgreco = parse_options(method, options, lgreco)
-        if ranks_per_node is not None and (isinstance(ranks_per_node, bool) or
-                                           not isinstance(ranks_per_node, int) or
-                                           ranks_per_node < 1):
-            raise ValueError(f"ranks_per_node must be an integer >= 1 or None, "
-                             f"got {ranks_per_node!r}")
+        check_topology_options(None, ranks_per_node, None)
         fsdp = fsdp_module_class()
         if not dist.is_initialized():
             raise RuntimeError("FSDPCompression needs torch.distributed initialized")
@@ -141,9 +135,9 @@ class FSDPCompression:
         if self.topology.nodes < 2:
             raise ValueError("the model is sharded over the whole world: there is no cross-node "
                              "average to compress; shard over each node's ranks (mesh['shard'])")
-        self._bind(model, modules)
+        self._bind(model)
 
-    def _bind(self, model: nn.Module, modules: list) -> None:
+    def _bind(self, model: nn.Module) -> None:
         """Peer groups (collective: every rank creates every group), the same starting
         parameters on every node, then the hooks."""
         t, backend = self.topology, dist.get_backend()
@@ -152,15 +146,13 @@ class FSDPCompression:
         group = self._peer_groups[t.local_rank]
         self._peers = TorchComm(group, self.config.timeout_s)
         with torch.no_grad():  # like DDP: every replica starts from node 0's parameters
-            for m in modules:
-                for p in m.parameters(recurse=False):
-                    if hasattr(p, "to_local") and p.to_local().numel():
-                        dist.broadcast(p.to_local(), src=t.peer_ranks(t.local_rank)[0],
-                                       group=group)
-        self._slots = [layout(params, t.ranks_per_node, t.local_rank) for _, params in
-                       self._groups]
-        for (m, _), slots in zip(self._groups, self._slots):
+            for p in model.parameters():
+                shard = p.to_local() if hasattr(p, "to_local") else None
+                if shard is not None and shard.numel():
+                    dist.broadcast(shard, src=t.peer_ranks(t.local_rank)[0], group=group)
+        for m, params in self._groups:
             m.set_reduce_scatter_unused_params(True, recurse=False)  # a stable layout
+            slots = layout(params, t.ranks_per_node, t.local_rank)
             m.set_all_reduce_hook(partial(sharded_all_reduce_hook, self, slots))
         self._forward_hook = model.register_forward_pre_hook(lambda *_: self._end_step())
 

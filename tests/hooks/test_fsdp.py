@@ -281,8 +281,16 @@ def _two_d(rank):
     return outcome(lambda: FSDPCompression(_build(hsdp=True), "powersgd"))
 
 
+def _replicas_start_alike(rank):
+    """Each rank initialised from its own seed: node 0's shards reach the other node."""
+    model = _build(seed=rank)
+    FSDPCompression(model, "powersgd").close()
+    return _full(model)
+
+
 def _features(rank, world, path):
-    return {"one": _accumulate(rank, 1), "two": _accumulate(rank, 2),
+    return {"start": _replicas_start_alike(rank),
+            "one": _accumulate(rank, 1), "two": _accumulate(rank, 2),
             "mp_native": _mixed_precision(rank, None),
             "mp_dense": _mixed_precision(rank, "powersgd", warmup_steps=10**6),
             "mp_psgd": _mixed_precision(rank, "qsgd", bits=4, **RAW),
@@ -292,6 +300,9 @@ def _features(rank, world, path):
 def test_accumulation_mixed_precision_checkpointing_resume_and_bad_settings():
     with tempfile.TemporaryDirectory() as path:
         res = run_ranks(_features, world=4, timeout_s=150, path=path)
+    for r in res[1:]:  # every rank's shard is node 0's after set-up: one model everywhere
+        for k, v in res[0]["start"].items():
+            assert torch.equal(r["start"][k], v), k
     for r in res:
         (one, steps1), (two, steps2) = r["one"], r["two"]
         assert steps1 == steps2 == 3  # accumulation passes reduce nothing and do not count
