@@ -96,6 +96,22 @@ class TorchComm:
             return _ToDevice(_TorchHandle(work, out, what, self.timeout_s), t.device)
         return _TorchHandle(work, out, what, self.timeout_s)
 
+    def all_to_all(self, t: torch.Tensor) -> Handle:
+        """Start sending row i of ``t`` (world, ...) to rank i; ``wait()`` -> a tensor of
+        ``t``'s shape whose row i came from rank i."""
+        out = torch.empty_like(t)
+        work = dist.all_to_all_single(out, t.contiguous(), group=self.group, async_op=True)
+        return _TorchHandle(work, out, f"all_to_all of {t.numel()} x {t.dtype}", self.timeout_s)
+
+    def reduce_scatter_sum(self, t: torch.Tensor) -> Handle:
+        """Start summing ``t`` (world x n,) over ranks, chunk i to rank i; ``wait()`` -> (n,)."""
+        out = t.new_empty(t.numel() // self.world_size)
+        scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+        work = scatter(out, t.contiguous(), op=dist.ReduceOp.SUM, group=self.group,
+                       async_op=True)
+        return _TorchHandle(work, out, f"reduce_scatter of {t.numel()} x {t.dtype}",
+                            self.timeout_s)
+
 
 def check_same(comm: Comm, what: str, settings: dict) -> None:
     """Raise the same ValueError on every rank if the ranks were set up differently.

@@ -21,6 +21,12 @@ top-k, QSGD, L-GreCo plans per shard), with error feedback, warm-start Qs and sc
 per shard. A rank's compression state is therefore about 1/ranks_per_node of the model's.
 Nothing else of FSDP2 changes: all-gathers, resharding, mixed precision, activation
 checkpointing and the optimizer see ordinary sharded gradients.
+
+A model sharded over the whole world (one-level FSDP2, no replicas) has no average left to
+compress: there the same call replaces each module's reduce-scatter (``set_custom_reduce_scatter``)
+by :class:`~distcomp.compression.reduce_scatter.CompressedReduceScatter`, exact inside a node
+and compressed across nodes, with any method whose payloads are byte strings (QSGD, fp8,
+EF-SignSGD, top-k without momentum correction) and one setting for every chunk.
 """
 
 from __future__ import annotations
@@ -35,9 +41,15 @@ from torch import nn
 from distcomp.comm import TorchComm, check_same
 from distcomp.compression.lgreco import LGreCoConfig
 from distcomp.compression.options import parse_options, settings_of, trainable
+from distcomp.compression.reduce_scatter import (
+    RESIDUALS,
+    CompressedReduceScatter,
+    Residual,
+    reduce_scatter_config,
+)
 from distcomp.compression.reducer import CompressedReducer
 from distcomp.compression.sharded import ShardSlot, layout, managed_parameters, views
-from distcomp.compression.topology import Topology, check_topology, check_topology_options
+from distcomp.compression.topology import Topology, check_topology, check_topology_options, resolve
 from distcomp.hooks.by_name import method_options
 from distcomp.ledger import ByteLedger
 
@@ -75,12 +87,21 @@ class FSDPCompression:
       optimizer: what a method reads from it (top-k's momentum from ``SGD(momentum=m)``), as
         :func:`distcomp.hooks.attach` does; explicit options win.
       lgreco: L-GreCo planning per shard (an ``LGreCoConfig`` or a dict of its fields).
-      ranks_per_node: checked against the mesh when given (the mesh size is the truth).
+      ranks_per_node: checked against the mesh when given (the mesh size is the truth);
+        for a model sharded over the whole world, the nodes the reduce-scatter's exact first
+        hop stays inside (default: the launcher's, e.g. torchrun's ``LOCAL_WORLD_SIZE``; 1:
+        compress every chunk).
+      residual: for a model sharded over the whole world, error feedback's memory:
+        ``"fp32"`` (the default), ``"float8"`` (a quarter of the bytes) or ``"none"``.
 
     Fields:
       config: the validated configuration.
-      reducer: the cross-node :class:`~distcomp.compression.reducer.CompressedReducer`; its
-        state covers this rank's shards only and its ledger counts slow-link bytes.
+      flat: whether the model is sharded over the whole world (compressed reduce-scatter).
+      reducer: the cross-node :class:`~distcomp.compression.reducer.CompressedReducer` (None
+        when flat); its state covers this rank's shards only and its ledger counts slow-link
+        bytes.
+      scatter: the :class:`~distcomp.compression.reduce_scatter.CompressedReduceScatter`
+        (None unless flat).
       topology: nodes x ranks per node, from the mesh.
       step: gradient reductions done (a backward under ``set_requires_gradient_sync(False)``
         reduces nothing and does not count).
@@ -91,16 +112,20 @@ class FSDPCompression:
 
     def __init__(self, model: nn.Module, method: str = "powersgd", *, optimizer=None,
                  lgreco: LGreCoConfig | dict | None = None, ranks_per_node: int | None = None,
-                 **options):
+                 residual: Residual | None = None, **options):
         if lgreco is not None:
             options["lgreco"] = lgreco
         method, options = method_options(method, optimizer, **options)
         lgreco = options.pop("lgreco", None)
+        explicit_accordion = options.get("accordion")
+        if residual is not None and residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
         self.config, lgreco = parse_options(method, options, lgreco)
         check_topology_options(None, ranks_per_node, None)
         fsdp = fsdp_module_class()
         if not dist.is_initialized():
             raise RuntimeError("FSDPCompression needs torch.distributed initialized")
+        self._root = model
         names = {p: n for n, p in model.named_parameters()}
         modules = [m for m in model.modules() if isinstance(m, fsdp)]
         if not modules:
@@ -114,12 +139,24 @@ class FSDPCompression:
             self._groups.append((m, [(names[p], p.shape) for p in params]))
         shards = mesh.size()
         self._rank, world = dist.get_rank(), dist.get_world_size()
-        self.topology = Topology(self._rank, world, shards)
-        if ranks_per_node is not None and ranks_per_node != shards:
-            raise ValueError(f"ranks_per_node={ranks_per_node}, but the model is sharded over "
-                             f"{shards} ranks: shard each node's ranks (mesh['shard'])")
+        self.flat = shards == world
+        if self.flat:  # every rank a shard: the reduce-scatter itself is compressed
+            self.topology, local_rank = resolve(self._rank, world, ranks_per_node)
+            self.config = reduce_scatter_config(self.config, lgreco, explicit_accordion)
+        else:
+            self.topology, local_rank = Topology(self._rank, world, shards), None
+            if ranks_per_node is not None and ranks_per_node != shards:
+                raise ValueError(f"ranks_per_node={ranks_per_node}, but the model is sharded "
+                                 f"over {shards} ranks: shard each node's ranks (mesh['shard'])")
+            if residual is not None:
+                raise ValueError("residual= is for a model sharded over the whole world (the "
+                                 "compressed reduce-scatter); here the residual is fp32 per "
+                                 "shard")
         self._settings = settings_of(self.config, lgreco, trainable(model))
-        self.reducer = CompressedReducer(self.config, rank=self._rank, lgreco=lgreco)
+        self._settings.update(flat=self.flat, residual=residual)
+        self.reducer = None if self.flat else \
+            CompressedReducer(self.config, rank=self._rank, lgreco=lgreco)
+        self.scatter: CompressedReduceScatter | None = None
         self.fast_ledger = ByteLedger()
         self._step = 0
         self._reduced = self._closed = False
@@ -128,14 +165,20 @@ class FSDPCompression:
         world_comm = TorchComm(None, self.config.timeout_s)
         check_same(world_comm, "FSDPCompression", self._settings)
         mesh_ranks = dist.get_process_group_ranks(mesh.get_group())
-        check_topology(world_comm, self.topology, mesh_ranks.index(self._rank))
-        if mesh_ranks != self.topology.node_ranks(self.topology.node):
+        t = self.topology
+        check_topology(world_comm, t, local_rank if self.flat else mesh_ranks.index(self._rank))
+        if t.nodes < 2:
+            raise ValueError(f"all {world} ranks are on one node: nothing crosses a slow link "
+                             "to compress; with several nodes shard over each node's ranks "
+                             "(mesh['shard']), or pass ranks_per_node=1 to compress every "
+                             "chunk of a reduce-scatter over the whole world")
+        if self.flat:
+            self._bind_flat(residual or ("fp32" if self.config.error_feedback else "none"))
+        elif mesh_ranks != t.node_ranks(t.node):
             raise ValueError(f"rank {self._rank} shards with ranks {mesh_ranks}, not its node "
-                             f"{self.topology.node_ranks(self.topology.node)}")
-        if self.topology.nodes < 2:
-            raise ValueError("the model is sharded over the whole world: there is no cross-node "
-                             "average to compress; shard over each node's ranks (mesh['shard'])")
-        self._bind(model)
+                             f"{t.node_ranks(t.node)}")
+        else:
+            self._bind(model)
 
     def _bind(self, model: nn.Module) -> None:
         """Peer groups (collective: every rank creates every group), the same starting
@@ -154,7 +197,28 @@ class FSDPCompression:
             m.set_reduce_scatter_unused_params(True, recurse=False)  # a stable layout
             slots = layout(params, t.ranks_per_node, t.local_rank)
             m.set_all_reduce_hook(partial(sharded_all_reduce_hook, self, slots))
-        self._forward_hook = model.register_forward_pre_hook(lambda *_: self._end_step())
+        self._forward_hook = self._root.register_forward_pre_hook(lambda *_: self._end_step())
+
+    def _bind_flat(self, residual: str) -> None:
+        """Node and peer groups (collective: every rank creates every group), then each sharded
+        module's reduce-scatter replaced by the compressed one."""
+        t, backend = self.topology, dist.get_backend()
+        timeout = self.config.timeout_s
+        peers = [dist.new_group(t.peer_ranks(r), backend=backend)
+                 for r in range(t.ranks_per_node)]
+        nodes = [dist.new_group(t.node_ranks(n), backend=backend) for n in range(t.nodes)] \
+            if t.ranks_per_node > 1 else []
+        self._peer_groups = peers + nodes
+        self._peers = TorchComm(peers[t.local_rank], timeout)
+        self.scatter = CompressedReduceScatter(
+            self.config.compressor(), self.config.setting, self._peers,
+            TorchComm(nodes[t.node], timeout) if nodes else None,
+            warmup_steps=self.config.warmup_steps, residual=residual, seed=self.config.seed)
+        self.fast_ledger = self.scatter.fast_ledger
+        for i, (m, _) in enumerate(self._groups):
+            m.set_reduce_scatter_unused_params(True, recurse=False)
+            m.set_custom_reduce_scatter(_CompressedReduceScatterComm(self, f"module{i}"))
+        self._forward_hook = self._root.register_forward_pre_hook(lambda *_: self._end_step())
 
     @property
     def step(self) -> int:
@@ -190,14 +254,17 @@ class FSDPCompression:
         bytes against what native HSDP's dense all-reduce would send) and ``"fast_link"``
         (FSDP2's reduce-scatters), plus ``"state_bytes"``: the compression state this rank
         holds (error feedback, method memory, momentum correction)."""
-        out = self.reducer.ledger.summary(per_key=per_layer)
+        engine = self.scatter if self.flat else self.reducer
+        out = engine.ledger.summary(per_key=per_layer)
         out["fast_link"] = self.fast_ledger.summary(per_key=per_layer)
-        out["state_bytes"] = self.reducer.state_bytes()
+        out["state_bytes"] = engine.state_bytes()
         return out
 
     def plan(self) -> list[dict]:
         """L-GreCo's latest per-shard plan on this rank (empty without L-GreCo)."""
-        return [] if self.reducer.lgreco is None else list(self.reducer.lgreco.rows)
+        if self.reducer is None or self.reducer.lgreco is None:
+            return []
+        return list(self.reducer.lgreco.rows)
 
     def state_dict(self) -> dict:
         """This rank's state under a key of its own, ``{"rank<r>": bytes}`` (plus the step):
@@ -206,7 +273,8 @@ class FSDPCompression:
         in the dict given to ``dcp.save``/``dcp.load``, or ``torch.save`` the result per rank."""
         self._end_step()
         blob = io.BytesIO()
-        torch.save({"reducer": self.reducer.state_dict(), "topology": self._topology_key(),
+        engine = self.scatter if self.flat else self.reducer
+        torch.save({"engine": engine.state_dict(), "topology": self._topology_key(),
                     "fast_ledger": self.fast_ledger.state_dict()}, blob)
         return {"step": self.step, f"rank{self._rank}": blob.getvalue()}
 
@@ -218,13 +286,14 @@ class FSDPCompression:
         if saved["topology"] != self._topology_key():
             raise ValueError(f"checkpoint was saved with topology {saved['topology']}, this run "
                              f"has {self._topology_key()}: residuals are sharded by it")
-        self.reducer.load_state_dict(saved["reducer"])
+        (self.scatter if self.flat else self.reducer).load_state_dict(saved["engine"])
         self.fast_ledger.load_state_dict(saved["fast_ledger"])
         self._step, self._reduced = int(state["step"]), False
 
     def _topology_key(self) -> dict:
         t = self.topology
-        return {"nodes": t.nodes, "ranks_per_node": t.ranks_per_node, "rank": t.rank}
+        return {"nodes": t.nodes, "ranks_per_node": t.ranks_per_node, "rank": t.rank,
+                "flat": self.flat}
 
     def __repr__(self) -> str:
         return (f"FSDPCompression(method={self.config.method!r}, "
@@ -277,3 +346,30 @@ def sharded_all_reduce_hook(state: FSDPCompression, slots: list[ShardSlot],
     for s in slots:
         state.fast_ledger.record_dense(step, s.key, s.padded * size)
         state.fast_ledger.record(step, s.key, s.padded * size, "reduce_scatter")
+
+
+class _CompressedReduceScatterComm:
+    """What FSDP2 calls in place of its reduce-scatter for one sharded module (its
+    ``set_custom_reduce_scatter`` object): the flat gradient buffer, one padded chunk per rank,
+    goes through :class:`~distcomp.compression.reduce_scatter.CompressedReduceScatter`."""
+
+    def __init__(self, state: FSDPCompression, key: str):
+        self.state, self.key = state, key
+
+    def allocate(self, size, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group, op,
+                 async_op: bool = False) -> None:
+        state = self.state
+        if state._closed:
+            raise RuntimeError("FSDPCompression is closed: the model's gradients are no longer "
+                               "reduced; build a new one")
+        if op not in (dist.ReduceOp.AVG, dist.ReduceOp.SUM):
+            raise RuntimeError(f"FSDP2 asked for a reduce-scatter with {op}; the compressed one "
+                               "sums or averages (no set_gradient_divide_factor)")
+        state._reduced = True
+        state.scatter.reduce_scatter(output_tensor, input_tensor, self.key, state._step)
+        if op == dist.ReduceOp.AVG:
+            output_tensor.div_(group.size())
+

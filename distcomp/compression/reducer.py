@@ -36,6 +36,18 @@ from distcomp.compression.lgreco import LGreCo, LGreCoConfig
 from distcomp.ledger import CONTROL_KEY, ByteLedger
 
 
+def step_generator(seed: int, rank: int, step: int, key: str,
+                   device: torch.device) -> torch.Generator:
+    """RNG seeded by (seed, rank, step, key): the random numbers do not depend on how tensors
+    are grouped into buckets (DDP regroups them after the first step, and again in a resumed
+    run), so a resumed run repeats the original bit for bit without any RNG state in the
+    checkpoint."""
+    mix = (seed * 1_000_003 + rank) * 1_000_003 + step
+    gen = torch.Generator(device=device)
+    gen.manual_seed((mix * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
+    return gen
+
+
 @dataclass
 class _Slot:
     key: str
@@ -108,16 +120,9 @@ class CompressedReducer:
 
     def generator(self, key: str, step: int, device: torch.device,
                   shared: bool = False) -> torch.Generator:
-        """RNG for one tensor in one step (QSGD's stochastic rounding), seeded by (seed, rank,
-        step, key), or with ``shared`` by (seed, step, key), the same on every rank: the random
-        numbers do not depend on how DDP groups tensors into buckets (it regroups them after
-        the first step, and again in a resumed run), so a resumed run repeats the original bit
-        for bit without any RNG state in the checkpoint."""
-        rank = -1 if shared else self.rank
-        mix = (self.config.seed * 1_000_003 + rank) * 1_000_003 + step
-        gen = torch.Generator(device=device)
-        gen.manual_seed((mix * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
-        return gen
+        """RNG for one tensor in one step (QSGD's stochastic rounding): :func:`step_generator`
+        of this rank, or with ``shared`` of rank -1, the same on every rank."""
+        return step_generator(self.config.seed, -1 if shared else self.rank, step, key, device)
 
     # -- the reduction ------------------------------------------------------------------------
     def reduce(self, grads: list[torch.Tensor], keys: list[str], comm: Comm, step: int) -> None:

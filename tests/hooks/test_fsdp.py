@@ -356,3 +356,76 @@ def test_a_silent_peer_becomes_an_error_on_every_rank_not_a_hang():
     # its node's other rank waits in FSDP2's own reduce-scatter, which gloo ends when the
     # silent rank leaves (or at the process group's timeout): an error too, never a hang
     assert res[3]["error"] and res[3]["seconds"] < 15, res[3]
+
+
+def _build_flat(seed=0):
+    """The same model sharded over all 4 ranks (one-level FSDP2, no replicas)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(seed)
+    model, mesh = Net(), init_device_mesh("cpu", (4,))
+    for b in model.blocks:
+        fully_shard(b, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model.set_reduce_scatter_unused_params(True)
+    return model
+
+
+def _flat_run(me, method=None, steps=4, **options):
+    model = _build_flat()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    state = None if method is None else FSDPCompression(model, method, ranks_per_node=2,
+                                                        **options)
+    x, y = _batch(me, 0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    grads = {n: p.grad.to_local().clone() for n, p in model.named_parameters()}
+    opt.step()
+    opt.zero_grad()
+    losses = _train(model, opt, me, 1, steps - 1, spare_every=3)
+    out = {"params": _full(model), "losses": losses, "grads": grads}
+    if state is not None:
+        out["stats"], out["blob"] = state.compression_stats(), state.state_dict()
+        state.close()
+        again = FSDPCompression(_build_flat(), method, ranks_per_node=2, **options)
+        again.load_state_dict(out["blob"])  # the residuals come back, on every rank
+        out["reloaded"] = again.state_dict() == out["blob"]
+        again.close()
+    return out
+
+
+def _flat(me, world):
+    refused = {name: outcome(lambda n=name, o=o: FSDPCompression(_build_flat(), n,
+                                                                 ranks_per_node=2, **o))
+               for name, o in (("powersgd", {}), ("lgreco-qsgd", {}), ("fp8", {"accordion": True}),
+                               ("topk", {"momentum": 0.9}))}
+    return {"native": _flat_run(me), "exact": _flat_run(me, "fp8", warmup_steps=10**6),
+            "fp8": _flat_run(me, "fp8", warmup_steps=0),
+            "qsgd": _flat_run(me, "qsgd", bits=4, warmup_steps=0, residual="float8"),
+            "refused": refused}
+
+
+def test_flat_fsdp_compresses_its_reduce_scatter_across_nodes_only():
+    """One-level FSDP2 over 2 nodes x 2: the warm-up's two exact hops equal FSDP2's own
+    reduce-scatter, fp8 and 4-bit QSGD send about a quarter and an eighth of its cross-node
+    bytes and train like it, state round-trips, and what cannot run per chunk is refused."""
+    res = run_ranks(_flat, world=4, timeout_s=150)
+    for r in res:
+        native = r["native"]
+        for k, v in native["grads"].items():
+            torch.testing.assert_close(r["exact"]["grads"][k], v, rtol=1e-5, atol=1e-6)
+            if v.norm() > 0:  # compressed, and close: fp8's rounding (before any feedback)
+                err = float((r["fp8"]["grads"][k] - v).norm() / v.norm())
+                assert err < 0.1 and (err > 1e-3 or v.dim() == 1), (k, err)
+        assert r["exact"]["stats"]["ratio"] == 1.0
+        for method, most in (("fp8", 0.27), ("qsgd", 0.15)):
+            stats = r[method]["stats"]
+            assert 0 < stats["sent_bytes"] < most * stats["dense_bytes"], (method, stats)
+            assert stats["fast_link"]["sent_bytes"] > 0 and r[method]["reloaded"]
+            assert abs(r[method]["losses"][-1] - native["losses"][-1]) < 0.1, method
+        # an 8-bit residual: about a quarter of fp32's memory
+        assert r["qsgd"]["stats"]["state_bytes"] < 0.3 * r["fp8"]["stats"]["state_bytes"]
+        errors = {k: v["error"] for k, v in r["refused"].items()}
+        assert "cannot compress a reduce-scatter" in errors["powersgd"], errors
+        assert "L-GreCo" in errors["lgreco-qsgd"] and "Accordion" in errors["fp8"], errors
+        assert "momentum correction" in errors["topk"], errors
