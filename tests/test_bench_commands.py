@@ -49,7 +49,8 @@ TINY: dict[str, list[str] | str] = {
                           "test_gnnpipe_records_every_mode",
     "benchmarks.integrations": "tests/hooks/test_deepspeed.py::"
                                "test_script_matches_ddp_and_sends_fewer_bytes_than_deepspeed",
-    "benchmarks.accuracy.co2_outer": ["--quick", "--workloads", "resnet", "--taus", "2"],
+    "benchmarks.accuracy.co2_outer": ["--quick", "--workloads", "resnet", "--taus", "2",
+                                      "--momenta", "0.5"],
 }
 
 
@@ -77,7 +78,9 @@ def smoke_unions() -> list[list[str]]:
     """For each UNION module, one ``--smoke`` command per workload its lines run: every arm any
     line runs on the cheapest of those workloads (an arm's code does not depend on the
     workload), each other workload on the first arm its lines run, so every workload and every
-    arm runs once (``--json`` left to the test)."""
+    arm runs once (``--json`` left to the test). An arm swept over settings (``NAME@SETTING``)
+    runs at its first: the settings differ in one number, which the benchmark's parser checks
+    at full size (test_bench_measurement_commands_parse)."""
     cmds = []
     for module in (m for m, how in TINY.items() if how == UNION):
         arms: dict[str, dict[str, None]] = {}
@@ -88,7 +91,9 @@ def smoke_unions() -> list[list[str]]:
                 arms.setdefault(w, {}).update(
                     dict.fromkeys(a for a in args.arms if lm_only is None or a in lm_only))
         cheapest, *others = sorted(arms, key=CHEAPEST_FIRST.index)
-        placed = {cheapest: list(dict.fromkeys(a for w in arms for a in arms[w]))}
+        every = dict.fromkeys(a for w in arms for a in arms[w])
+        first = {a.partition("@")[0]: a for a in reversed(every)}  # one setting per arm
+        placed = {cheapest: [a for a in every if first[a.partition("@")[0]] == a]}
         placed.update({w: [next(iter(arms[w]))] for w in others})
         for w, names in placed.items():
             pick = ["--lm-arms", ",".join(names)] if module == "benchmarks.accuracy.defaults" \

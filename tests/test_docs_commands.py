@@ -39,7 +39,7 @@ TINY: dict[str, tuple] = {
     "python -m benchmarks.micro.gpu": ("run", ["--elements", "8192", "--json",
                                           "bench-results/gpu-readme.json"]),
     "make test": ("test", ".ci/run", "CI itself is `make test`"),
-    "make docs": ("test", "Makefile::test", "`make test` depends on `docs`"),
+    "make docs": ("test", "Makefile::test", "`make test` runs `docs`"),
     "make horovod": ("test", HOROVOD_TEST,
                      "not in CI: Horovod's build takes ~4 minutes (`make test-horovod`)"),
     "make test-horovod": ("test", HOROVOD_TEST,

@@ -81,8 +81,8 @@ def test_torchrun_restarts_after_a_killed_rank_and_resume_continues_exactly(tmp_
     restarts both workers, which resume from the newest complete checkpoint (an epoch's end)
     and take the steps of one uninterrupted run (CPU, bit for bit: the L-GreCo compressor's
     residuals and plan statistics are restored)."""
-    args = ["--comm", "lgreco-topk", "--epochs", "8", "--steps-per-epoch", "50", "--width",
-            "256"]
+    args = ["--comm", "lgreco-topk", "--epochs", "5", "--steps-per-epoch", "30", "--width",
+            "256"]  # L-GreCo plans at step 55 (its 50-step warm-up and 5-step window)
     whole, ckpt, part = tmp_path / "whole.json", tmp_path / "ckpt", tmp_path / "part.json"
     assert torchrun(*args, "--log-json", str(whole)).returncode == 0
     agent = subprocess.Popen(
@@ -92,7 +92,7 @@ def test_torchrun_restarts_after_a_killed_rank_and_resume_continues_exactly(tmp_
         env=ENV)
     try:
         line = agent.stdout.readline()
-        while line and "epoch 2/8" not in line:
+        while line and "epoch 2/5" not in line:
             line = agent.stdout.readline()
         os.kill(_workers(agent.pid)[1], signal.SIGKILL)
         out, err = agent.communicate(timeout=180)
@@ -102,9 +102,9 @@ def test_torchrun_restarts_after_a_killed_rank_and_resume_continues_exactly(tmp_
             agent.wait()
     assert agent.returncode == 0, err[-2000:]
     resumed = re.search(r"resumed at step (\d+)", out)
-    assert resumed and "epoch 8/8" in out, out
+    assert resumed and "epoch 5/5" in out, out
     step = int(resumed.group(1))
-    assert step >= 50 and step % 50 == 0  # epoch 1's or 2's (if its save was complete)
+    assert step >= 30 and step % 30 == 0  # epoch 1's or 2's (if its save was complete)
     assert json.loads(part.read_text()) == json.loads(whole.read_text())[step:]
 
 
