@@ -8,6 +8,7 @@ DDP model. The network benchmark, the soak and the accuracy runs all read arms h
     torch_powersgd   torch's ``powerSGD_hook`` (one DDP bucket: :meth:`Arm.bucket_cap_mb`)
     co2, diloco, co2_qsgd, co2_bf16, co2_bf16_flat          local updating; ``@TAU``
     [lgreco_]METHOD[_fixed][_flat][_layersum|_relative]     ours; ``@SETTING`` of its knob
+    fsdp, hsdp, hsdp_[lgreco_]METHOD..., fsdp_METHOD...     FSDP2 (:mod:`benchmarks.sharded`)
 
 METHOD is any registered method (:func:`distcomp.method_names`), so a new method has every
 form at once: ``lgreco_`` plans its settings per layer (L-GreCo); ``_fixed`` turns the
@@ -27,11 +28,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from benchmarks.sharded import PREFIXES, Sharding, shard
 from distcomp import CompressionConfig, method_class, method_names
 from distcomp.compression.methods.powersgd import PowerSGDOptions
 from distcomp.hooks.by_name import ADAPTIVE as ADAPTIVE_NAME
 
-Kind = Literal["allreduce", "local", "local_node", "torch", "ours", "co2"]
+Kind = Literal["allreduce", "local", "local_node", "torch", "ours", "co2", "sharded"]
 BUILTIN: dict[str, Kind] = {"allreduce": "allreduce", "local": "local",
                             "local_node": "local_node", "torch_fp16": "torch",
                             "torch_powersgd": "torch"}
@@ -87,12 +89,21 @@ class Arm:
     flat: bool = False
     measure: str | None = None
     setting: float | None = None
+    sharding: Sharding | None = None
 
     @classmethod
     def parse(cls, text: str) -> Arm:
         """ValueError naming the arm for an unknown name or a setting it cannot take."""
         name, at, value = text.partition("@")
-        if name in BUILTIN:
+        prefix, _, rest = name.partition("_")
+        if prefix in PREFIXES and rest:  # FSDP2 around one of our methods
+            arm = cls._ours(text, rest)
+            if arm.flat:
+                raise ValueError(f"arm {text!r}: a sharded arm's hosts are its mesh; no _flat")
+            arm = dataclasses.replace(arm, name=name, sharding=PREFIXES[prefix])
+        elif name in PREFIXES:
+            arm = cls(text, name, "sharded", sharding=PREFIXES[name])
+        elif name in BUILTIN:
             arm = cls(text, name, BUILTIN[name])
         elif name in CO2_ARMS:
             arm = cls(text, name, "co2")
@@ -167,11 +178,26 @@ class Arm:
     def tau(self) -> int | None:
         return int(self.setting) if self.kind == "co2" and self.setting is not None else None
 
+    def wrap(self, net: torch.nn.Module, ddp_buckets: bool = False) -> torch.nn.Module:
+        """``net`` as this arm trains it: under DDP, or sharded with FSDP2."""
+        if self.sharding is not None:
+            return shard(net, self.sharding, compressed=self.kind == "ours")
+        return DDP(net, bucket_cap_mb=self.bucket_cap_mb(net, ddp_buckets))
+
     def setup(self, model: DDP, optimizer: torch.optim.Optimizer, run: RunSettings
               ) -> tuple[torch.optim.Optimizer, Any]:
-        """Attach the arm to ``model`` (its DDP communication hook); returns the optimizer to
-        step (CO2's wrapper for local updating) and the state to ``close()`` (None where
-        there is none: plain DDP, torch's hooks)."""
+        """Attach the arm to ``model`` (from :meth:`wrap`: its DDP communication hook, or
+        ``FSDPCompression``); returns the optimizer to step (CO2's wrapper for local updating)
+        and the state to ``close()`` (None where there is none: plain DDP, torch's hooks,
+        FSDP2's own reduction)."""
+        if self.kind in ("allreduce", "sharded"):
+            return optimizer, None
+        if self.sharding is not None:
+            from distcomp.hooks import FSDPCompression
+
+            name = (ADAPTIVE_NAME if self.adaptive else "") + self.method
+            return optimizer, FSDPCompression(model, name, optimizer=optimizer,
+                                              **self.hook_options(run))
         if self.kind == "allreduce":
             return optimizer, None
         if self.kind == "torch":

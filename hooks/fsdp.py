@@ -249,15 +249,20 @@ class FSDPCompression:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def ledger(self) -> ByteLedger:
+        """The slow link's ledger: what crossed between nodes, against native HSDP's (or
+        FSDP2's reduce-scatter's) dense bytes."""
+        return (self.scatter if self.flat else self.reducer).ledger
+
     def compression_stats(self, per_layer: bool = False) -> dict:
         """Bytes per link so far: the slow link (the compressed cross-node averages, sent
         bytes against what native HSDP's dense all-reduce would send) and ``"fast_link"``
         (FSDP2's reduce-scatters), plus ``"state_bytes"``: the compression state this rank
         holds (error feedback, method memory, momentum correction)."""
-        engine = self.scatter if self.flat else self.reducer
-        out = engine.ledger.summary(per_key=per_layer)
+        out = self.ledger.summary(per_key=per_layer)
         out["fast_link"] = self.fast_ledger.summary(per_key=per_layer)
-        out["state_bytes"] = engine.state_bytes()
+        out["state_bytes"] = (self.scatter if self.flat else self.reducer).state_bytes()
         return out
 
     def plan(self) -> list[dict]:

@@ -213,7 +213,11 @@ def merge(out_dir: Path, workload: str, arm: str, steps: int, target: float | No
         "mean_round_wait_s": _mean(host_a.get("round_wait_s")),
         "mean_round_s": _mean(host_a.get("round_s")),
         "outer_state_bytes": host_a.get("outer_state_bytes"),
+        **{k: host_a.get(k) for k in MEMORY_KEYS},
     }
+
+
+MEMORY_KEYS = ("param_bytes", "optimizer_state_bytes", "compression_state_bytes")
 
 
 def _mean(values: list[float] | None) -> float | None:
@@ -236,7 +240,9 @@ def figures(results: list[dict]) -> dict:
                   arm.kind not in ("local", "local_node", "allreduce")] + other_tau
     ours = [a for a, arm in arms.items() if arm.kind == "ours" and arm.setting is None]
     plain = [a for a in ours if not (arms[a].adaptive or arms[a].fixed or arms[a].flat)]
-    adaptive = [(a, arms[a].method) for a in ours if arms[a].adaptive]
+    adaptive = [(a, twin(arms[a], arms[a].method)) for a in ours if arms[a].adaptive]
+    sharded = [(a, twin(arm, "")) for a, arm in arms.items() if arm.sharding and
+               arm.kind == "ours" and arm.setting is None]
     local_pairs = [*LOCAL_PAIRS, *((a, "local") for a in other_tau),
                    *((a, "local_node") for a in ("co2_bf16", *other_tau))]
     return {
@@ -269,9 +275,24 @@ def figures(results: list[dict]) -> dict:
                               ("time", time_), ("loss", "loss_at_equal_steps"))},
             "co2_bf16_over_co2_bf16_flat_outer_state":
                 ratio(w, "co2_bf16", "co2_bf16_flat", "outer_state_bytes"),
+            # FSDP2: each compressed arm against its dense twin (fsdp, hsdp); memory per rank
+            **{f"{a}_over_{b}_{k}": ratio(w, a, b, key) for a, b in sharded
+               for k, key in (("wire", wire), ("time", time_), ("loss", "loss_at_equal_steps"),
+                              ("time_to_target", "time_to_target_s"))},
+            **{f"{a}_over_allreduce_{k}": ratio(w, a, "allreduce", k)
+               for a, arm in arms.items() if arm.sharding for k in MEMORY_KEYS[:2]},
         }
         for w in sorted({r["workload"] for r in results})
     }
+
+
+def twin(arm: Arm, base: str) -> str:
+    """The arm ``arm`` is compared with: ``base`` (a method: the same method without L-GreCo)
+    under the same sharding (``hsdp_`` + base), or the dense sharded arm for ``base`` ""."""
+    if arm.sharding is None:
+        return base
+    prefix = arm.name.partition("_")[0]
+    return f"{prefix}_{base}" if base else prefix
 
 
 LOCAL_PAIRS = (("co2", "local"), ("co2_bf16", "local"), ("co2_qsgd", "local"),

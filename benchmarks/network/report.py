@@ -135,7 +135,7 @@ def frontier_points(payload: dict) -> dict:
         setting = r["arm"].partition("@")[2]
         arm = Arm.parse(r["arm"])
         if r["status"] != "ok" or not setting or arm.kind != "ours" or arm.fixed or arm.flat \
-                or arm.measure:
+                or arm.measure or arm.sharding:
             continue
         key, kind = (r["workload"], arm.method), "adaptive" if arm.adaptive else "uniform"
         point = (r["wire_bytes_per_step"], r["loss_at_equal_steps"], r.get("time_to_target_s"),

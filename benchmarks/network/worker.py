@@ -18,21 +18,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from benchmarks.arms import Arm, RunSettings
+from benchmarks.sharded import memory
 from distcomp.compression.flags import add_method_flags
 from distcomp.workloads import WORKLOADS, dense_grad_bytes, parameter_count
 
 
 @dataclass
 class Trial:
-    """One arm, set up: the DDP model, the optimizer it steps (CO2's wrapper for local
-    updating), the state to close (None for DDP's and torch's own)."""
+    """One arm, set up: the DDP (or FSDP2) model, the optimizer it steps (CO2's wrapper for
+    local updating), the state to close (None for DDP's, torch's and FSDP2's own)."""
 
     arm: Arm
     workload: Any
-    model: DDP
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     state: Any
 
@@ -62,8 +62,7 @@ def set_up(args: argparse.Namespace, arm: Arm) -> Trial:
     """A fresh model and optimizer from the seed, the arm attached."""
     torch.manual_seed(args.seed)
     workload = WORKLOADS[args.workload](args.data, seed=args.seed)
-    net = workload.model()
-    model = DDP(net, bucket_cap_mb=arm.bucket_cap_mb(net, args.torch_ddp_buckets))
+    model = arm.wrap(workload.model(), args.torch_ddp_buckets)
     optimizer, state = arm.setup(model, workload.optimizer(model.parameters()),
                                  run_settings(args))
     return Trial(arm, workload, model, optimizer, state)
@@ -122,6 +121,7 @@ def record(args: argparse.Namespace, trial: Trial, timed: Timed) -> dict:
         "clock_s": timed.clock, "losses": curve.tolist(),
         "ledger_bytes_per_step": ledger_bytes(args, trial, steps_run, n_timed),
         "params": parameter_count(trial.model), "dense_bytes": dense_grad_bytes(trial.model),
+        **memory(trial.model, trial.optimizer, state),
     }
     if arm.kind == "co2":  # per round, the slower rank's: blocked on the average / in total
         rec["outer_state_bytes"] = state.outer_state_bytes()
@@ -149,6 +149,8 @@ def ledger_bytes(args: argparse.Namespace, trial: Trial, steps_run: int,
                    if (r + 1) * tau - 1 >= args.warmup_steps) / n_timed
     if arm.kind in ("local", "local_node"):  # nothing crosses between hosts
         return 0.0
+    if arm.kind == "sharded":  # FSDP2's own collectives: its wire counters tell
+        return None
     if arm.kind == "ours":
         book = state.ledger  # drains the hook's worker once, not once per step
         return sum(book.step_bytes(s) for s in range(args.warmup_steps, steps_run)) / n_timed

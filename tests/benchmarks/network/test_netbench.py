@@ -190,10 +190,13 @@ def test_smoke_runs_every_arm_of_a_workload_in_one_launch(tmp_path):
 def test_two_ranks_per_host_compress_only_between_the_hosts(tmp_path):
     """``--ranks-per-host 2``: world 4 over the two namespaces; ours reduces in three stages
     by default (torchrun's LOCAL_WORLD_SIZE), so host a hands the slow link half the payload
-    of the flat arm, and its ranks' traffic with each other takes the loopback instead."""
+    of the flat arm, and its ranks' traffic with each other takes the loopback instead. The
+    FSDP2 arms shard the model (a quarter or a half of DDP's parameters per rank) and the
+    compressed ones send fewer bytes between the hosts than their dense twins."""
     out = tmp_path / "nb.json"
     assert netbench.main(["--smoke", "--ranks-per-host", "2", "--workloads", "cnn", "--arms",
-                          "allreduce,powersgd,powersgd_flat,local_node", "--json", str(out),
+                          "allreduce,powersgd,powersgd_flat,local_node,fsdp,hsdp,hsdp_powersgd,"
+                          "fsdp_qsgd", "--json", str(out),
                           "--data", str(REPO / "bench-results" / "data")]) == 0
     payload = json.loads(out.read_text())
     assert payload["config"]["ranks_per_host"] == 2
@@ -206,6 +209,16 @@ def test_two_ranks_per_host_compress_only_between_the_hosts(tmp_path):
     node = recs["local_node"]
     assert node["loopback_bytes_per_step"] > node["dense_bytes"] / 2
     assert node["wire_bytes_per_step"] < node["loopback_bytes_per_step"] / 10
+    full = recs["allreduce"]["param_bytes"]
+    assert recs["fsdp"]["param_bytes"] < 0.3 * full
+    assert 0.4 * full < recs["hsdp"]["param_bytes"] < 0.6 * full
+    for dense, compressed in (("hsdp", "hsdp_powersgd"), ("fsdp", "fsdp_qsgd")):
+        assert recs[compressed]["wire_bytes_per_step"] < 0.6 * recs[dense]["wire_bytes_per_step"]
+        assert recs[compressed]["ledger_bytes_per_step"] > 0  # FSDPCompression's slow link
+        assert f"{compressed}_over_{dense}_wire" in payload["figures"]["cnn"]
+    # the sharded cross-host state is about half of DDP's (two shards per host)
+    assert 0 < recs["hsdp_powersgd"]["compression_state_bytes"] < \
+        0.7 * recs["powersgd"]["compression_state_bytes"]
     assert mine() == []
 
 
