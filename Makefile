@@ -133,6 +133,11 @@ TOPOLOGY_ARMS := local,allreduce,torch_powersgd,powersgd,powersgd_flat,topk,topk
 DEFAULTS_FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco powersgd@2,$\
   lgreco powersgd@4,lgreco powersgd@8,topk@0.003,topk@0.01,topk@0.03,lgreco topk@0.003,$\
   lgreco topk@0.01,lgreco topk@0.03
+# FSDP2 at 2 hosts x 2 ranks (#36): native HSDP against FSDPCompression's compressed cross-host
+# average, DDP beside them; one-level FSDP2 (every rank a shard) against its compressed
+# reduce-scatter on the small CNN (its weights cross the link in every all-gather too)
+FSDP_ARMS := local,allreduce,powersgd,hsdp,hsdp_powersgd,hsdp_qsgd,hsdp_topk,hsdp_lgreco_powersgd
+FSDP_FLAT_ARMS := allreduce,fsdp,fsdp_qsgd,fsdp_fp8
 # the methods added through the registry (#35) beside the first three and torch's hooks
 METHOD_ARMS := local,allreduce,torch_fp16,torch_powersgd,powersgd,topk,qsgd,signsgd,randk,fp8
 DEFAULTS_METHOD_ARMS := allreduce,torch fp16 (noise floor),powersgd,topk,qsgd,signsgd,randk,fp8
@@ -157,6 +162,10 @@ bench: venv sysdeps
 	  --burst 1mbit --outer-momentum 0 --arms local,local_node,co2_bf16,co2_bf16@2 \
 	  --json $(RESULTS)/netbench-topology-lm.json
 	$(RUN) $(BIN)/python -m benchmarks.accuracy.co2_outer --json $(RESULTS)/co2-outer.json
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
+	  --burst 1mbit --arms $(FSDP_ARMS) --json $(RESULTS)/netbench-fsdp.json
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads cnn \
+	  --burst 1mbit --arms $(FSDP_FLAT_ARMS) --json $(RESULTS)/netbench-fsdp-flat.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads resnet --steps 300 \
 	  --arms allreduce,powersgd,topk,qsgd --json $(RESULTS)/netbench-world2.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm --arms allreduce,qsgd,qsgd_fixed \

@@ -41,9 +41,8 @@ def shard(net: nn.Module, sharding: Sharding, compressed: bool) -> nn.Module:
         mesh = init_device_mesh("cpu", (world,))
     else:
         per = resolve(dist.get_rank(), world)[0].ranks_per_node
-        if per == world or per == 1:
-            raise ValueError(f"HSDP needs several hosts of several ranks; this world is "
-                             f"{world // per} host(s) x {per}: run with --ranks-per-host 2")
+        if per == world:
+            raise ValueError(f"HSDP replicates across hosts; all {world} ranks are on one")
         mesh = init_device_mesh("cpu", (world // per, per), mesh_dim_names=("node", "shard"))
         if compressed:
             mesh = mesh["shard"]

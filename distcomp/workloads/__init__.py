@@ -25,9 +25,19 @@ CORPUS_BYTES = 4_000_000
 
 # -- data ----------------------------------------------------------------------------------------
 def prepare(data_dir: str | Path) -> None:
-    """Write corpus.bin (stdlib source bytes) and mnist1d.npz into ``data_dir`` if missing."""
+    """Write corpus.bin (stdlib source bytes), mnist1d.npz and digits2d.npz into ``data_dir``
+    if missing. Processes that call it at once (benchmarks, test workers) wait on a lock in
+    the folder, so each file is built once (~11 s in all) and only ever appears whole."""
+    import fcntl
+
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build(data_dir)
+
+
+def _build(data_dir: Path) -> None:
     corpus = data_dir / "corpus.bin"
     if not corpus.exists():
         stdlib = Path(sysconfig.get_paths()["stdlib"])
