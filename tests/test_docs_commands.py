@@ -75,6 +75,12 @@ TINY: dict[str, tuple] = {
         "test_readmes_netbench_command_writes_valid_json",
         "with --quick and 12 untimed steps on a 1 Gbit/s link, where the other "
         "network-namespace tests run (one worker at a time)"),
+    "python -m benchmarks.network.netbench --ranks-per-host 2 --workloads resnet --steps 300 "
+    "--burst 1mbit --arms local,allreduce,powersgd,hsdp,hsdp_powersgd,hsdp_qsgd,hsdp_topk,"
+    "hsdp_lgreco_powersgd --json benchmarks/results/netbench-fsdp.json": (
+        "test", "tests/test_bench_commands.py::test_bench_command_runs_at_a_tiny_size",
+        "make bench's line: every arm under --smoke there, the sharded ones at 2 hosts x 2 in "
+        "tests/benchmarks/network/test_netbench.py"),
     # the data CLI, in README's order, on tiny stand-ins for ds/ and digits/ (one test below)
     "distcomp-data inspect --input ds/": ("data", []),
     "distcomp-data prune --input ds/ --output p/ --ratio 0.3 --method kcenter": ("data", []),

@@ -258,6 +258,13 @@ def section(payload: dict, json_path: str) -> str:
                   "wire column), MB/step: " + ", ".join(
                       f"{r['workload']}/{r['arm']} {_mb(r.get('loopback_bytes_per_step'))}"
                       for r in payload["results"] if r["status"] == "ok")]
+    mem = [r for r in payload["results"] if r["status"] == "ok" and r.get("param_bytes")]
+    if mem:
+        lines += ["", "Memory per rank (the largest rank), MB of parameters / optimizer state / "
+                  "compression state: " + ", ".join(
+                      f"{r['workload']}/{r['arm']} " + " / ".join(
+                          _mb(r.get(k)) for k in ("param_bytes", "optimizer_state_bytes",
+                                                  "compression_state_bytes")) for r in mem)]
     in_table = ("_over_allreduce_loss", "_over_allreduce_time_to_target")
     figs = {w: ", ".join(f"{k} = {v:.3f}" for k, v in f.items()
                          if v is not None and not k.endswith(in_table))
