@@ -77,8 +77,9 @@ CHEAPEST_FIRST = ("cnn", "resnet", "lm")  # the workloads by the cost of a step 
 def smoke_unions() -> list[list[str]]:
     """For each UNION module, one ``--smoke`` command per workload its lines run: every arm any
     line runs on the cheapest of those workloads (an arm's code does not depend on the
-    workload), each other workload on the first arm its lines run, so every workload and every
-    arm runs once (``--json`` left to the test). An arm swept over settings (``NAME@SETTING``)
+    workload), the other workloads on the first arm their lines run (in one run where that arm
+    is the same), so every workload and every arm runs once (``--json`` left to the test). An
+    arm swept over settings (``NAME@SETTING``)
     runs at its first: the settings differ in one number, which the benchmark's parser checks
     at full size (test_bench_measurement_commands_parse)."""
     cmds = []
@@ -94,7 +95,11 @@ def smoke_unions() -> list[list[str]]:
         every = dict.fromkeys(a for w in arms for a in arms[w])
         first = {a.partition("@")[0]: a for a in reversed(every)}  # one setting per arm
         placed = {cheapest: [a for a in every if first[a.partition("@")[0]] == a]}
-        placed.update({w: [next(iter(arms[w]))] for w in others})
+        for w in others:  # the others in one run per first arm: one start-up, not one each
+            first = next(iter(arms[w]))
+            key = next((k for k, v in placed.items() if k != cheapest and v == [first]), None)
+            placed[f"{key},{w}" if key else w] = [first]
+            placed.pop(key, None)
         for w, names in placed.items():
             pick = ["--lm-arms", ",".join(names)] if module == "benchmarks.accuracy.defaults" \
                 else []

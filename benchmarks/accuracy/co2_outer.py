@@ -31,7 +31,7 @@ from benchmarks.metrics import smooth_for, smoothed
 from distcomp.workloads import WORKLOADS, prepare
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = {"full": {"resnet": 300, "lm": 150}, "quick": {"resnet": 8, "lm": 8}}
+STEPS = {"full": {"resnet": 300, "lm": 150}, "quick": {"resnet": 4, "lm": 4}}
 WORLD, PER_NODE = 4, 2
 
 
