@@ -198,8 +198,6 @@ class Arm:
             name = (ADAPTIVE_NAME if self.adaptive else "") + self.method
             return optimizer, FSDPCompression(model, name, optimizer=optimizer,
                                               **self.hook_options(run))
-        if self.kind == "allreduce":
-            return optimizer, None
         if self.kind == "torch":
             register_torch_hook(model, self.name, run.knobs.get("rank"), run.dense_warmup)
             return optimizer, None

@@ -25,6 +25,7 @@ from torch import nn
 
 Sharding = Literal["flat", "hybrid"]
 PREFIXES: dict[str, Sharding] = {"fsdp": "flat", "hsdp": "hybrid"}
+MEMORY_KEYS = ("param_bytes", "optimizer_state_bytes", "compression_state_bytes")
 
 
 def shard(net: nn.Module, sharding: Sharding, compressed: bool) -> nn.Module:
@@ -68,5 +69,4 @@ def memory(model: nn.Module, optimizer: torch.optim.Optimizer, state) -> dict:
     out = torch.tensor([sum(local(p) for p in model.parameters()), opt_bytes, comp],
                        dtype=torch.float64)
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return dict(zip(("param_bytes", "optimizer_state_bytes", "compression_state_bytes"),
-                    (int(v) for v in out.tolist())))
+    return dict(zip(MEMORY_KEYS, (int(v) for v in out.tolist())))

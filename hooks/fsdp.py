@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distcomp.comm import TorchComm, check_same
+from distcomp.compression.hierarchical import node_groups
 from distcomp.compression.lgreco import LGreCoConfig
 from distcomp.compression.options import parse_options, settings_of, trainable
 from distcomp.compression.reduce_scatter import (
@@ -202,17 +203,12 @@ class FSDPCompression:
     def _bind_flat(self, residual: str) -> None:
         """Node and peer groups (collective: every rank creates every group), then each sharded
         module's reduce-scatter replaced by the compressed one."""
-        t, backend = self.topology, dist.get_backend()
-        timeout = self.config.timeout_s
-        peers = [dist.new_group(t.peer_ranks(r), backend=backend)
-                 for r in range(t.ranks_per_node)]
-        nodes = [dist.new_group(t.node_ranks(n), backend=backend) for n in range(t.nodes)] \
-            if t.ranks_per_node > 1 else []
-        self._peer_groups = peers + nodes
-        self._peers = TorchComm(peers[t.local_rank], timeout)
+        t, timeout = self.topology, self.config.timeout_s
+        node, peer, self._peer_groups = node_groups(t)
+        self._peers = TorchComm(peer, timeout)
         self.scatter = CompressedReduceScatter(
             self.config.compressor(), self.config.setting, self._peers,
-            TorchComm(nodes[t.node], timeout) if nodes else None,
+            TorchComm(node, timeout) if t.ranks_per_node > 1 else None,
             warmup_steps=self.config.warmup_steps, residual=residual, seed=self.config.seed)
         self.fast_ledger = self.scatter.fast_ledger
         for i, (m, _) in enumerate(self._groups):
@@ -250,10 +246,16 @@ class FSDPCompression:
         self.close()
 
     @property
+    def _engine(self) -> CompressedReducer | CompressedReduceScatter:
+        """What holds the slow link's state and ledger: the scatter when flat, else the
+        reducer."""
+        return self.scatter if self.flat else self.reducer
+
+    @property
     def ledger(self) -> ByteLedger:
         """The slow link's ledger: what crossed between nodes, against native HSDP's (or
         FSDP2's reduce-scatter's) dense bytes."""
-        return (self.scatter if self.flat else self.reducer).ledger
+        return self._engine.ledger
 
     def compression_stats(self, per_layer: bool = False) -> dict:
         """Bytes per link so far: the slow link (the compressed cross-node averages, sent
@@ -262,7 +264,7 @@ class FSDPCompression:
         holds (error feedback, method memory, momentum correction)."""
         out = self.ledger.summary(per_key=per_layer)
         out["fast_link"] = self.fast_ledger.summary(per_key=per_layer)
-        out["state_bytes"] = (self.scatter if self.flat else self.reducer).state_bytes()
+        out["state_bytes"] = self._engine.state_bytes()
         return out
 
     def plan(self) -> list[dict]:
@@ -278,8 +280,7 @@ class FSDPCompression:
         in the dict given to ``dcp.save``/``dcp.load``, or ``torch.save`` the result per rank."""
         self._end_step()
         blob = io.BytesIO()
-        engine = self.scatter if self.flat else self.reducer
-        torch.save({"engine": engine.state_dict(), "topology": self._topology_key(),
+        torch.save({"engine": self._engine.state_dict(), "topology": self._topology_key(),
                     "fast_ledger": self.fast_ledger.state_dict()}, blob)
         return {"step": self.step, f"rank{self._rank}": blob.getvalue()}
 
@@ -291,7 +292,7 @@ class FSDPCompression:
         if saved["topology"] != self._topology_key():
             raise ValueError(f"checkpoint was saved with topology {saved['topology']}, this run "
                              f"has {self._topology_key()}: residuals are sharded by it")
-        (self.scatter if self.flat else self.reducer).load_state_dict(saved["engine"])
+        self._engine.load_state_dict(saved["engine"])
         self.fast_ledger.load_state_dict(saved["fast_ledger"])
         self._step, self._reduced = int(state["step"]), False
 

@@ -36,6 +36,7 @@ from benchmarks.common import NATIVE_ABORT, RETRY_PORT_OFFSET, environment, reap
 from benchmarks.metrics import accuracy, smooth_for
 from benchmarks.network.launch import error_excerpt, launch, watch
 from benchmarks.network.netns import NetnsError, TwoHosts, require_root
+from benchmarks.sharded import MEMORY_KEYS
 from distcomp.compression.flags import add_method_flags
 from distcomp.workloads import WORKLOADS, prepare
 
@@ -216,8 +217,6 @@ def merge(out_dir: Path, workload: str, arm: str, steps: int, target: float | No
         **{k: host_a.get(k) for k in MEMORY_KEYS},
     }
 
-
-MEMORY_KEYS = ("param_bytes", "optimizer_state_bytes", "compression_state_bytes")
 
 
 def _mean(values: list[float] | None) -> float | None:

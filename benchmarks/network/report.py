@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmarks.common import replace_block
 from benchmarks.metrics import smoothed
 from benchmarks.network.netns import default_burst
+from benchmarks.sharded import MEMORY_KEYS
 
 START, END = "<!-- netbench:start -->", "<!-- netbench:end -->"
 FRONTIER_START, FRONTIER_END = "<!-- frontier:start -->", "<!-- frontier:end -->"
@@ -263,8 +264,7 @@ def section(payload: dict, json_path: str) -> str:
         lines += ["", "Memory per rank (the largest rank), MB of parameters / optimizer state / "
                   "compression state: " + ", ".join(
                       f"{r['workload']}/{r['arm']} " + " / ".join(
-                          _mb(r.get(k)) for k in ("param_bytes", "optimizer_state_bytes",
-                                                  "compression_state_bytes")) for r in mem)]
+                          _mb(r.get(k)) for k in MEMORY_KEYS) for r in mem)]
     in_table = ("_over_allreduce_loss", "_over_allreduce_time_to_target")
     figs = {w: ", ".join(f"{k} = {v:.3f}" for k, v in f.items()
                          if v is not None and not k.endswith(in_table))

@@ -174,7 +174,6 @@ class CompressedReduceScatter:
         self.fast_ledger.load_state_dict(state["fast_ledger"])
 
 
-
 def reduce_scatter_config(config: CompressionConfig, lgreco: object,
                           accordion: bool | None) -> CompressionConfig:
     """``config`` as a compressed reduce-scatter runs it: one setting for every chunk, so no
