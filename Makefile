@@ -137,7 +137,7 @@ DEFAULTS_FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco powe
 # average, DDP beside them; one-level FSDP2 (every rank a shard) against its compressed
 # reduce-scatter on the small CNN (its weights cross the link in every all-gather too)
 FSDP_ARMS := local,allreduce,powersgd,hsdp,hsdp_powersgd,hsdp_qsgd,hsdp_topk,hsdp_lgreco_powersgd
-FSDP_FLAT_ARMS := allreduce,fsdp,fsdp_qsgd,fsdp_fp8
+FSDP_FLAT_ARMS := allreduce,fsdp,fsdp_qsgd,fsdp_fp8,fsdp_fp8_ag8
 # the methods added through the registry (#35) beside the first three and torch's hooks
 METHOD_ARMS := local,allreduce,torch_fp16,torch_powersgd,powersgd,topk,qsgd,signsgd,randk,fp8
 DEFAULTS_METHOD_ARMS := allreduce,torch fp16 (noise floor),powersgd,topk,qsgd,signsgd,randk,fp8
@@ -236,7 +236,8 @@ bench: venv sysdeps
 GPU_PY ?= $(shell python3 -c 'import torch' 2>/dev/null && echo python3 || echo $(BIN)/python)
 GPU_SITE ?= /tmp/distcomp-gpu-site
 GPU_JSON ?= bench-results/gpu.json
-GPU_TESTS := tests/distcomp/test_cuda.py tests/distcomp/test_cuda_gnnpipe.py tests/hooks/test_cuda.py
+GPU_TESTS := tests/distcomp/test_cuda.py tests/distcomp/test_cuda_gnnpipe.py tests/hooks/test_cuda.py \
+  tests/hooks/test_cuda_fsdp.py
 GPU_RUN = PYTHONPATH=$(GPU_SITE):$(CURDIR) OMP_NUM_THREADS=1 $(GPU_PY) -P
 gpu-check: $(if $(filter $(BIN)/python,$(GPU_PY)),venv)
 	@echo "gpu-check: $$($(GPU_PY) -c 'import sys, torch; print(sys.executable, sys.version.split()[0], "torch", torch.__version__, "CUDA:", torch.cuda.is_available() and torch.cuda.get_device_name())')"

@@ -8,7 +8,7 @@ DDP model. The network benchmark, the soak and the accuracy runs all read arms h
     torch_powersgd   torch's ``powerSGD_hook`` (one DDP bucket: :meth:`Arm.bucket_cap_mb`)
     co2, diloco, co2_qsgd, co2_bf16, co2_bf16_flat          local updating; ``@TAU``
     [lgreco_]METHOD[_fixed][_flat][_layersum|_relative]     ours; ``@SETTING`` of its knob
-    fsdp, hsdp, hsdp_[lgreco_]METHOD..., fsdp_METHOD...     FSDP2 (:mod:`benchmarks.sharded`)
+    fsdp, hsdp, hsdp_[lgreco_]METHOD..., fsdp_METHOD...[_ag8]   FSDP2 (:mod:`benchmarks.sharded`)
 
 METHOD is any registered method (:func:`distcomp.method_names`), so a new method has every
 form at once: ``lgreco_`` plans its settings per layer (L-GreCo); ``_fixed`` turns the
@@ -51,6 +51,7 @@ CO2_ARMS: dict[str, dict] = {
 ADAPTIVE = "lgreco_"
 SUFFIXES = ("_fixed", "_flat")
 MEASURES = {"_layersum": "layer_sum", "_relative": "relative"}
+GATHER8 = "_ag8"  # a sharded arm's weights all-gathered as 8-bit codes (all_gather="int8")
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Arm:
     measure: str | None = None
     setting: float | None = None
     sharding: Sharding | None = None
+    gather8: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Arm:
@@ -97,10 +99,11 @@ class Arm:
         name, at, value = text.partition("@")
         prefix, _, rest = name.partition("_")
         if prefix in PREFIXES and rest:  # FSDP2 around one of our methods
-            arm = cls._ours(text, rest)
+            gather8 = rest.endswith(GATHER8)
+            arm = cls._ours(text, rest.removesuffix(GATHER8))
             if arm.flat:
                 raise ValueError(f"arm {text!r}: a sharded arm's hosts are its mesh; no _flat")
-            arm = dataclasses.replace(arm, name=name, sharding=PREFIXES[prefix])
+            arm = dataclasses.replace(arm, name=name, sharding=PREFIXES[prefix], gather8=gather8)
         elif name in PREFIXES:
             arm = cls(text, name, "sharded", sharding=PREFIXES[name])
         elif name in BUILTIN:
@@ -166,6 +169,8 @@ class Arm:
             opts.update(accordion=False, warmup_steps=torch_start_iter(opts.get("warmup_steps")))
         if self.flat:
             opts["hierarchical"] = False
+        if self.gather8:
+            opts["all_gather"] = "int8"
         if self.adaptive:
             measure = {"error_measure": self.measure} if self.measure else {}
             opts["lgreco"] = {**run.lgreco, **measure}

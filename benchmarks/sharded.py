@@ -9,49 +9,28 @@ holds in memory.
                              ``FSDPCompression`` (any registered method, ``@SETTING`` as usual)
     fsdp_METHOD              FSDP2 over every rank with ``FSDPCompression``'s compressed
                              reduce-scatter (exact inside the host, encoded across hosts)
+    fsdp_METHOD_ag8          the same with the weights' all-gathers as 8-bit codes
+                             (``all_gather="int8"``)
 
-Hosts are the launcher's (``LOCAL_WORLD_SIZE`` ranks each). Each block of a model's ``blocks``
-(or, without one, each child module holding parameters) is one FSDP unit, then the root, as a
-transformer is usually sharded.
+Hosts are the launcher's (``LOCAL_WORLD_SIZE`` ranks each); FSDP units as
+:func:`distcomp.sharding.shard_model` makes them.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-Sharding = Literal["flat", "hybrid"]
+from distcomp.sharding import Sharding, shard_model
+
 PREFIXES: dict[str, Sharding] = {"fsdp": "flat", "hsdp": "hybrid"}
 MEMORY_KEYS = ("param_bytes", "optimizer_state_bytes", "compression_state_bytes")
 
 
 def shard(net: nn.Module, sharding: Sharding, compressed: bool) -> nn.Module:
-    """``net`` under ``fully_shard``: over every rank (``"flat"``), or over each host's ranks,
-    replicated across hosts (``"hybrid"``: native HSDP's 2-D mesh, or with ``compressed`` the
-    1-D mesh of the host that ``FSDPCompression`` averages across)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    from distcomp.compression.topology import resolve
-
-    world = dist.get_world_size()
-    if sharding == "flat":
-        mesh = init_device_mesh("cpu", (world,))
-    else:
-        per = resolve(dist.get_rank(), world)[0].ranks_per_node
-        if per == world:
-            raise ValueError(f"HSDP replicates across hosts; all {world} ranks are on one")
-        mesh = init_device_mesh("cpu", (world // per, per), mesh_dim_names=("node", "shard"))
-        if compressed:
-            mesh = mesh["shard"]
-    units = list(net.blocks) if isinstance(getattr(net, "blocks", None), nn.Sequential) else \
-        [c for c in net.children() if any(True for _ in c.parameters())]
-    for unit in units:
-        fully_shard(unit, mesh=mesh)
-    return fully_shard(net, mesh=mesh)
+    """``net`` under ``fully_shard`` as the arm runs it (:func:`distcomp.sharding.shard_model`)."""
+    return shard_model(net, sharding, compressed=compressed)
 
 
 def memory(model: nn.Module, optimizer: torch.optim.Optimizer, state) -> dict:

@@ -21,7 +21,13 @@ collective, with the reason:
 - ZeRO stages 1-3: their optimizers reduce-scatter gradients into flat fp32 partitions of their
   own (stage 2/3 during backward, bucket by bucket), so a full averaged ``.grad`` per parameter,
   which low-rank and sparse compression produce, has nowhere to go without rewriting the ZeRO
-  optimizer. Use stage 0 with compression, or ZeRO without it.
+  optimizer. DeepSpeed has no public hook on that reduction (stages 1-2 reduce each bucket in
+  ``DeepSpeedZeroOptimizer.average_tensor``, a private method; its only knob is the wire dtype,
+  ``communication_data_type``), and distcomp does not patch DeepSpeed's internals. What it would
+  take upstream: a per-bucket callable in place of ``average_tensor`` given the bucket's
+  (parameter, offset) layout and the partition each rank owns, as FSDP2's
+  ``set_all_reduce_hook`` / ``set_custom_reduce_scatter`` give. A sharded model gets
+  compression today under FSDP2 with :class:`distcomp.hooks.FSDPCompression`.
 - bf16 (``BF16_Optimizer`` reduces its private fp32 accumulation buffers, not ``.grad``),
   pipeline parallelism, mixture-of-experts layers, sequence parallelism, DeepCompile, and a
   "sum" gradient all-reduce op: each reduces other tensors or groups than ``.grad`` over data
@@ -74,7 +80,9 @@ def check_engine(engine: Any) -> None:
         raise ValueError(
             f"distcomp compression supports ZeRO stage 0 only, this engine uses stage {stage}: "
             "ZeRO 1-3 reduce-scatter gradients into partitions inside their optimizer, where a "
-            "compressed full-gradient average has no place")
+            "compressed full-gradient average has no place and DeepSpeed offers no public hook "
+            "(its own knob there is communication_data_type: bf16 halves the bytes); for a "
+            "sharded model with compression use FSDP2 and distcomp.hooks.FSDPCompression")
     refused = {
         "bfloat16": getattr(engine, "bfloat16_enabled", lambda: False)(),
         "pipeline parallelism": getattr(engine, "pipeline_parallelism", False),

@@ -49,13 +49,21 @@ from distcomp.compression.reduce_scatter import (
     reduce_scatter_config,
 )
 from distcomp.compression.reducer import CompressedReducer
-from distcomp.compression.sharded import ShardSlot, layout, managed_parameters, views
+from distcomp.compression.sharded import (
+    ShardSlot,
+    check_placement,
+    layout,
+    managed_parameters,
+    views,
+)
 from distcomp.compression.topology import Topology, check_topology, check_topology_options, resolve
+from distcomp.compression.weight_gather import QuantizedAllGather, check_custom_all_gather
 from distcomp.hooks.by_name import method_options
 from distcomp.ledger import ByteLedger
 
 _FSDP_METHODS = ("set_all_reduce_hook", "set_reduce_scatter_unused_params",
                  "set_requires_gradient_sync")
+ALL_GATHERS = ("dense", "int8")
 
 
 def fsdp_module_class() -> type:
@@ -94,6 +102,11 @@ class FSDPCompression:
         compress every chunk).
       residual: for a model sharded over the whole world, error feedback's memory:
         ``"fp32"`` (the default), ``"float8"`` (a quarter of the bytes) or ``"none"``.
+      all_gather: the weights' all-gathers, ``"dense"`` (FSDP2's own, the default) or
+        ``"int8"`` (:class:`~distcomp.compression.weight_gather.QuantizedAllGather`: 8-bit
+        codes, a scale per 256 elements, about a quarter of fp32's bytes; the master shards
+        stay fp32). Worth it where the all-gathers cross the slow link (a model sharded over
+        the whole world); measured in BENCHMARKS.md.
 
     Fields:
       config: the validated configuration.
@@ -107,13 +120,14 @@ class FSDPCompression:
       step: gradient reductions done (a backward under ``set_requires_gradient_sync(False)``
         reduces nothing and does not count).
       fast_ledger: bytes this rank handed to FSDP2's reduce-scatters inside the node.
+      gathers: the quantized all-gather of each sharded module (empty when dense).
 
     It holds a process group: :meth:`close` it before ``destroy_process_group()``.
     """
 
     def __init__(self, model: nn.Module, method: str = "powersgd", *, optimizer=None,
                  lgreco: LGreCoConfig | dict | None = None, ranks_per_node: int | None = None,
-                 residual: Residual | None = None, **options):
+                 residual: Residual | None = None, all_gather: str = "dense", **options):
         if lgreco is not None:
             options["lgreco"] = lgreco
         method, options = method_options(method, optimizer, **options)
@@ -121,6 +135,11 @@ class FSDPCompression:
         explicit_accordion = options.get("accordion")
         if residual is not None and residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+        if all_gather not in ALL_GATHERS:
+            raise ValueError(f"all_gather must be one of {', '.join(ALL_GATHERS)}, got "
+                             f"{all_gather!r}")
+        if all_gather != "dense":
+            check_custom_all_gather()
         self.config, lgreco = parse_options(method, options, lgreco)
         check_topology_options(None, ranks_per_node, None)
         fsdp = fsdp_module_class()
@@ -136,7 +155,7 @@ class FSDPCompression:
             params = [p for _, p in managed_parameters(m, lambda c: isinstance(c, fsdp))
                       if p.requires_grad and hasattr(p, "device_mesh")]
             for p in params:
-                mesh = _check_placement(names[p], p, mesh)
+                mesh = check_placement(names[p], p, mesh)
             self._groups.append((m, [(names[p], p.shape) for p in params]))
         shards = mesh.size()
         self._rank, world = dist.get_rank(), dist.get_world_size()
@@ -154,7 +173,7 @@ class FSDPCompression:
                                  "compressed reduce-scatter); here the residual is fp32 per "
                                  "shard")
         self._settings = settings_of(self.config, lgreco, trainable(model))
-        self._settings.update(flat=self.flat, residual=residual)
+        self._settings.update(flat=self.flat, residual=residual, all_gather=all_gather)
         self.reducer = None if self.flat else \
             CompressedReducer(self.config, rank=self._rank, lgreco=lgreco)
         self.scatter: CompressedReduceScatter | None = None
@@ -180,6 +199,10 @@ class FSDPCompression:
                              f"{t.node_ranks(t.node)}")
         else:
             self._bind(model)
+        self.gathers = [QuantizedAllGather(self.config.timeout_s) for _ in self._groups] \
+            if all_gather == "int8" else []
+        for (m, _), gather in zip(self._groups, self.gathers):
+            m.set_custom_all_gather(gather)
 
     def _bind(self, model: nn.Module) -> None:
         """Peer groups (collective: every rank creates every group), the same starting
@@ -234,6 +257,8 @@ class FSDPCompression:
             return
         self._closed = True
         self._forward_hook.remove()
+        for gather in self.gathers:
+            gather.closed = True
         if dist.is_initialized():
             for g in self._peer_groups:
                 dist.destroy_process_group(g)
@@ -261,10 +286,16 @@ class FSDPCompression:
         """Bytes per link so far: the slow link (the compressed cross-node averages, sent
         bytes against what native HSDP's dense all-reduce would send) and ``"fast_link"``
         (FSDP2's reduce-scatters), plus ``"state_bytes"``: the compression state this rank
-        holds (error feedback, method memory, momentum correction)."""
+        holds (error feedback, method memory, momentum correction); with ``all_gather="int8"``
+        also ``"all_gather"``: the weights' bytes sent against FSDP2's dense all-gathers."""
         out = self.ledger.summary(per_key=per_layer)
         out["fast_link"] = self.fast_ledger.summary(per_key=per_layer)
         out["state_bytes"] = self._engine.state_bytes()
+        if self.gathers:
+            sums = [g.summary() for g in self.gathers]
+            sent, dense = (sum(s[k] for s in sums) for k in ("sent_bytes", "dense_bytes"))
+            out["all_gather"] = {"sent_bytes": sent, "dense_bytes": dense,
+                                 "ratio": sent / dense if dense else 1.0}
         return out
 
     def plan(self) -> list[dict]:
@@ -306,24 +337,6 @@ class FSDPCompression:
                 f"setting={self.config.setting}, {self.topology.nodes} nodes x "
                 f"{self.topology.ranks_per_node}, step={self.step}"
                 f"{', closed' if self._closed else ''})")
-
-
-def _check_placement(name: str, p: torch.Tensor, mesh):
-    """The parameter's mesh, checked: 1-D, the same for every parameter, sharded on dim 0."""
-    from torch.distributed.tensor import Shard
-
-    if p.device_mesh.ndim != 1:
-        raise ValueError(f"parameter {name!r} is on a {p.device_mesh.ndim}-D mesh: native HSDP "
-                         "all-reduces densely before any hook; shard with the 1-D sub-mesh of "
-                         "each node's ranks (mesh['shard']) and FSDPCompression averages across "
-                         "nodes")
-    if mesh is not None and p.device_mesh != mesh:
-        raise ValueError(f"parameter {name!r} is on another mesh than the others; shard every "
-                         "module over the same node mesh")
-    if tuple(p.placements) != (Shard(0),):
-        raise ValueError(f"parameter {name!r} is placed {tuple(p.placements)}; FSDPCompression "
-                         "needs FSDP2's default Shard(0) (no shard_placement_fn)")
-    return p.device_mesh
 
 
 def sharded_all_reduce_hook(state: FSDPCompression, slots: list[ShardSlot],

@@ -82,10 +82,14 @@ TINY: dict[str, tuple] = {
         "make bench's line: every arm under --smoke there, the sharded ones at 2 hosts x 2 in "
         "tests/benchmarks/network/test_netbench.py"),
     "python -m benchmarks.network.netbench --ranks-per-host 2 --workloads cnn --steps 100 "
-    "--burst 1mbit --arms allreduce,fsdp,fsdp_qsgd,fsdp_fp8 --json "
+    "--burst 1mbit --arms allreduce,fsdp,fsdp_qsgd,fsdp_fp8,fsdp_fp8_ag8 --json "
     "benchmarks/results/netbench-fsdp-flat.json": (
         "test", "tests/test_bench_commands.py::test_bench_command_runs_at_a_tiny_size",
         "make bench's line: every arm under --smoke there"),
+    "torchrun --nproc_per_node=4 launch/train_fsdp.py --comm powersgd --ranks-per-node 2": (
+        "test", "tests/launch/test_train_fsdp.py::test_readme_command_checkpoints_and_resumes_"
+        "exactly", "the same command on the teacher workload, 3 epochs of 3 steps, resumed"),
+
     # the data CLI, in README's order, on tiny stand-ins for ds/ and digits/ (one test below)
     "distcomp-data inspect --input ds/": ("data", []),
     "distcomp-data prune --input ds/ --output p/ --ratio 0.3 --method kcenter": ("data", []),

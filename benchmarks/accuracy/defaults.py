@@ -180,14 +180,13 @@ def _train(rank: int, spec: dict) -> dict:
     momentum correction with momentum SGD), fixed steps, then the mean loss curve over ranks,
     the ledger's bytes per step and L-GreCo's plans."""
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     workload = WORKLOADS[spec["workload"]](spec["data"], seed=spec["seed"])
     torch.manual_seed(spec["seed"])
     text, options = arm_spec(spec["arm"])
     arm = Arm.parse(text)
     net = workload.model()
-    model = DDP(net, bucket_cap_mb=arm.bucket_cap_mb(net))
+    model = arm.wrap(net)
     run = RunSettings(dense_warmup=1 if spec.get("smoke") else None, extra=options)
     opt, state = arm.setup(model, workload.optimizer(model.parameters()), run)
     losses = []

@@ -195,7 +195,8 @@ def reduce_scatter_config(config: CompressionConfig, lgreco: object,
     why = [w for w in why if w]
     if why:
         raise ValueError(f"a reduce-scatter over the whole world is compressed with one setting "
-                         f"per chunk; {' and '.join(why)} need the layer's whole gradient on "
+                         f"per chunk; {' and '.join(why)} {'needs' if len(why) == 1 else 'need'} "
+                         f"the layer's whole gradient on "
                          "every rank: turn them off (momentum=0), or shard each node's ranks "
                          "(mesh['shard'])")
     return replace(config, accordion=False)

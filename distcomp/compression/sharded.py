@@ -95,3 +95,21 @@ def managed_parameters(module: nn.Module, is_sharded: Callable[[nn.Module], bool
                 seen.add(p)
                 out.append((m, p))
     return out
+
+
+def check_placement(name: str, p: torch.Tensor, mesh):
+    """The parameter's mesh, checked: 1-D, the same for every parameter, sharded on dim 0."""
+    from torch.distributed.tensor import Shard
+
+    if p.device_mesh.ndim != 1:
+        raise ValueError(f"parameter {name!r} is on a {p.device_mesh.ndim}-D mesh: native HSDP "
+                         "all-reduces densely before any hook; shard with the 1-D sub-mesh of "
+                         "each node's ranks (mesh['shard']) and FSDPCompression averages across "
+                         "nodes")
+    if mesh is not None and p.device_mesh != mesh:
+        raise ValueError(f"parameter {name!r} is on another mesh than the others; shard every "
+                         "module over the same node mesh")
+    if tuple(p.placements) != (Shard(0),):
+        raise ValueError(f"parameter {name!r} is placed {tuple(p.placements)}; FSDPCompression "
+                         "needs FSDP2's default Shard(0) (no shard_placement_fn)")
+    return p.device_mesh

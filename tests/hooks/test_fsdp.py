@@ -331,6 +331,8 @@ def test_bad_settings_fail_before_any_process_group():
         FSDPCompression(nn.Linear(2, 2), "powersgd", rank=0)
     with pytest.raises(ValueError, match="ranks_per_node"):
         FSDPCompression(nn.Linear(2, 2), "powersgd", ranks_per_node=0)
+    with pytest.raises(ValueError, match="all_gather must be one of dense, int8"):
+        FSDPCompression(nn.Linear(2, 2), "fp8", all_gather="int4")
     with pytest.raises(RuntimeError, match="torch.distributed initialized"):
         FSDPCompression(nn.Linear(2, 2), "powersgd")
 
@@ -384,6 +386,12 @@ def _flat_run(me, method=None, steps=4, **options):
     opt.zero_grad()
     losses = _train(model, opt, me, 1, steps - 1, spare_every=3)
     out = {"params": _full(model), "losses": losses, "grads": grads}
+    seen = []  # the head's weight as the forward uses it (all-gathered)
+    hook = model.head.register_forward_pre_hook(lambda m, _: seen.append(m.weight.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    out["seen"] = seen[0]
     if state is not None:
         out["stats"], out["blob"] = state.compression_stats(), state.state_dict()
         state.close()
@@ -402,6 +410,7 @@ def _flat(me, world):
     return {"native": _flat_run(me), "exact": _flat_run(me, "fp8", warmup_steps=10**6),
             "fp8": _flat_run(me, "fp8", warmup_steps=0),
             "qsgd": _flat_run(me, "qsgd", bits=4, warmup_steps=0, residual="float8"),
+            "int8": _flat_run(me, "fp8", warmup_steps=0, all_gather="int8"),
             "refused": refused}
 
 
@@ -425,6 +434,15 @@ def test_flat_fsdp_compresses_its_reduce_scatter_across_nodes_only():
             assert abs(r[method]["losses"][-1] - native["losses"][-1]) < 0.1, method
         # an 8-bit residual: about a quarter of fp32's memory
         assert r["qsgd"]["stats"]["state_bytes"] < 0.3 * r["fp8"]["stats"]["state_bytes"]
+        # the forward uses the master weights (dense all-gather) or their 8-bit rounding,
+        # the same on every rank, within half a block scale, at about a quarter of the bytes
+        assert torch.equal(native["seen"], native["params"]["head.weight"])
+        seen, master = r["int8"]["seen"], r["int8"]["params"]["head.weight"]
+        assert torch.equal(seen, res[0]["int8"]["seen"]) and not torch.equal(seen, master)
+        assert (seen - master).abs().max() <= master.abs().max() / 254 + 1e-7
+        gather = r["int8"]["stats"]["all_gather"]
+        assert 0.25 < gather["ratio"] < 0.27 and gather["sent_bytes"] > 0, gather
+        assert abs(r["int8"]["losses"][-1] - r["fp8"]["losses"][-1]) < 0.02
         errors = {k: v["error"] for k, v in r["refused"].items()}
         assert "cannot compress a reduce-scatter" in errors["powersgd"], errors
         assert "L-GreCo" in errors["lgreco-qsgd"] and "Accordion" in errors["fp8"], errors

@@ -116,6 +116,23 @@ def test_train_template_fails_cleanly_on_a_bad_option(slurm, tmp_path):
     assert "--comm must be" in text
 
 
+def test_train_template_runs_the_fsdp_script(slurm, tmp_path):
+    """SCRIPT=launch/train_fsdp.py: one-level FSDP2 over 2 ranks as 2 nodes of 1, bf16 compute,
+    fp8 reduce-scatter and 8-bit weight all-gathers, a checkpoint per epoch in CHECKPOINT_DIR."""
+    code, text = sbatch(slurm, "train.sbatch", tmp_path / "fsdp.out", "--nodes=1",
+                        NPROC_PER_NODE="2", COMM="fp8", SCRIPT="launch/train_fsdp.py",
+                        CHECKPOINT_DIR=str(tmp_path / "ckpt"),
+                        TRAIN_ARGS="--workload teacher --width 32 --batch-size 16 --epochs 2 "
+                                   "--steps-per-epoch 3 --warmup-steps 0 --sharding flat "
+                                   "--all-gather int8 --bf16 --ranks-per-node 1")
+    assert code == 0, text
+    assert "launch/train_fsdp.py --comm fp8" in text and "flat sharding, 2 nodes x 1" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("[fsdp fp8] epoch")]
+    assert len(lines) == 2 and "dense/sent 1.0x" not in lines[-1], text
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000003",
+                                                                   "step-00000006"]
+
+
 def test_deepspeed_template_trains_with_compression(slurm, tmp_path):
     if importlib.util.find_spec("deepspeed") is None:
         pytest.skip("needs deepspeed (`make deepspeed`)")
