@@ -165,7 +165,9 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
 	  --burst 1mbit --arms $(FSDP_ARMS) --json $(RESULTS)/netbench-fsdp.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads cnn --steps 100 \
-	  --burst 1mbit --arms $(FSDP_FLAT_ARMS) --json $(RESULTS)/netbench-fsdp-flat.json
+	  --burst 1mbit --seeds 0,1,2 --arms $(FSDP_FLAT_ARMS) --json $(RESULTS)/netbench-fsdp-flat.json
+	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads cnn,resnet --seeds 0,1,2,3,4 \
+	  --arms fsdp_fp8,fsdp_fp8_ag8 --json $(RESULTS)/defaults-fsdp.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads resnet --steps 300 \
 	  --arms allreduce,powersgd,topk,qsgd --json $(RESULTS)/netbench-world2.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --workloads lm --arms allreduce,qsgd,qsgd_fixed \
@@ -212,6 +214,7 @@ bench: venv sysdeps
 	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-lgreco.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-frontier.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-methods.json --readme BENCHMARKS.md
+	$(BIN)/python -m benchmarks.accuracy.defaults --json $(RESULTS)/defaults-fsdp.json --readme BENCHMARKS.md
 	$(BIN)/python -m benchmarks.gnn.report --readme BENCHMARKS.md $(RESULTS)/gnnpipe.json
 	$(BIN)/python -m benchmarks.data.report --readme BENCHMARKS.md --val $(RESULTS)/data_quality_val.json \
 	  --val $(RESULTS)/data_quality_val_probe.json $(RESULTS)/data_quality.json $(RESULTS)/data_scale.json \

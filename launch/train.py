@@ -327,11 +327,31 @@ def _loop(opts: Options, rank: int, world: int, task, model: DDP, opt, state, st
             if rank == 0:
                 print(f"[{opts.comm}] resumed at step {step}", flush=True)
 
-    def save() -> None:
+    def save(step: int) -> None:
         save_rank(opts.checkpoint_dir, step, rank, world, {
             "model": model.module.state_dict(), "optimizer": opt.state_dict(),
             "comm": state.state_dict() if state is not None else None, "step": step})
 
+    def link_bytes(count: int) -> tuple[float, float]:
+        if ledger is not None and ledger.per_step:
+            return ledger.mean_bytes_per_step(last=count), dense_bytes
+        return dense_bytes, dense_bytes
+
+    if not run_epochs(opts, rank, task, model, opt, stop, device, step, opts.comm, save,
+                      link_bytes):
+        return False
+    if isinstance(opt, CO2):
+        opt.synchronize()
+    return True
+
+
+def run_epochs(opts, rank: int, task, model, opt, stop: StopRequest, device: torch.device,
+               step: int, tag: str, save, link_bytes) -> bool:
+    """The epoch loop every launch script with checkpoints shares, from ``step`` to
+    ``opts.epochs``: one line per epoch (``link_bytes(steps)`` -> (sent, dense) bytes per step),
+    ``save(step)`` after each epoch and when the ranks agree on a SIGTERM (with
+    ``--checkpoint-dir``), ``--log-json`` at the end. False if stopped by SIGTERM."""
+    world = dist.get_world_size()
     log = []
     for epoch in range(step // opts.steps_per_epoch, opts.epochs):
         start, total, count = time.perf_counter(), 0.0, 0
@@ -347,25 +367,20 @@ def _loop(opts: Options, rank: int, world: int, task, model: DDP, opt, state, st
             step += 1
             if stop.agreed(step, device):
                 if opts.checkpoint_dir:
-                    save()
+                    save(step)
                 if rank == 0:
                     saved = f"saved step {step}" if opts.checkpoint_dir else "no --checkpoint-dir"
-                    print(f"[{opts.comm}] SIGTERM: stopped at step {step} ({saved})", flush=True)
+                    print(f"[{tag}] SIGTERM: stopped at step {step} ({saved})", flush=True)
                 _write_log(opts, rank, log)
                 return False
         step_time = (time.perf_counter() - start) / count
         mean = torch.tensor([total / count], device=device)
         dist.all_reduce(mean)
-        sent = dense_bytes
-        if ledger is not None and ledger.per_step:
-            sent = ledger.mean_bytes_per_step(last=count)
+        sent, dense = link_bytes(count)
         if rank == 0:
-            print_epoch(opts.comm, epoch, opts.epochs, mean.item() / world, sent, dense_bytes,
-                        step_time)
+            print_epoch(tag, epoch, opts.epochs, mean.item() / world, sent, dense, step_time)
         if opts.checkpoint_dir:
-            save()
-    if isinstance(opt, CO2):
-        opt.synchronize()
+            save(step)
     _write_log(opts, rank, log)
     return True
 

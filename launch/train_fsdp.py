@@ -23,10 +23,8 @@ half-written one; the newest two are kept.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from train import (
     init_distributed,
     make_task,
     parse_into,
-    print_epoch,
+    run_epochs,
     run_guarded,
 )
 
@@ -199,52 +197,22 @@ def resume(directory: str, model, opt, state) -> int:
 
 def _loop(opts: Options, rank: int, task, model, opt, state, stop: StopRequest,
           device: torch.device) -> bool:
-    world = dist.get_world_size()
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     step = resume(opts.checkpoint_dir, model, opt, state) if opts.resume else 0
+    tag = f"fsdp {opts.comm}"
     if step and rank == 0:
-        print(f"[fsdp {opts.comm}] resumed at step {step}", flush=True)
-    log = []
-    for epoch in range(step // opts.steps_per_epoch, opts.epochs):
-        start, total, count = time.perf_counter(), 0.0, 0
-        while count == 0 or step % opts.steps_per_epoch:
-            x, y = task.batch(step, rank)
-            loss = task.loss(model(x.to(device)), y.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            count += 1
-            log.append({"step": step, "loss": loss.item()})
-            step += 1
-            if stop.agreed(step, device):
-                if opts.checkpoint_dir:
-                    save(opts.checkpoint_dir, model, opt, state, step, rank)
-                if rank == 0:
-                    saved = f"saved step {step}" if opts.checkpoint_dir else "no --checkpoint-dir"
-                    print(f"[fsdp {opts.comm}] SIGTERM: stopped at step {step} ({saved})",
-                          flush=True)
-                _write_log(opts, rank, log)
-                return False
-        step_time = (time.perf_counter() - start) / count
-        mean = torch.tensor([total / count], device=device)
-        dist.all_reduce(mean)
-        sent = dense = dense_bytes
+        print(f"[{tag}] resumed at step {step}", flush=True)
+
+    def link_bytes(count: int) -> tuple[float, float]:
+        """The slow link's bytes per step, and what native HSDP / FSDP2 would send."""
         if state is not None and state.ledger.per_step:
-            sent = state.ledger.mean_bytes_per_step(last=count)
-            dense = state.ledger.summary()["dense_bytes_per_step"]
-        if rank == 0:
-            print_epoch(f"fsdp {opts.comm}", epoch, opts.epochs, mean.item() / world, sent,
-                        dense, step_time)
-        if opts.checkpoint_dir:
-            save(opts.checkpoint_dir, model, opt, state, step, rank)
-    _write_log(opts, rank, log)
-    return True
+            return (state.ledger.mean_bytes_per_step(last=count),
+                    state.ledger.summary()["dense_bytes_per_step"])
+        return dense_bytes, dense_bytes
 
-
-def _write_log(opts: Options, rank: int, log: list) -> None:
-    if rank == 0 and opts.log_json:
-        Path(opts.log_json).write_text(json.dumps(log))
+    return run_epochs(opts, rank, task, model, opt, stop, device, step, tag,
+                      lambda at: save(opts.checkpoint_dir, model, opt, state, at, rank),
+                      link_bytes)
 
 
 if __name__ == "__main__":

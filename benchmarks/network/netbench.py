@@ -34,6 +34,7 @@ from pathlib import Path
 from benchmarks.arms import Arm, builtin_arms, method_arms
 from benchmarks.common import NATIVE_ABORT, RETRY_PORT_OFFSET, environment, reap, write_json
 from benchmarks.metrics import accuracy, smooth_for
+from benchmarks.network.figures import figures, over_seeds
 from benchmarks.network.launch import error_excerpt, launch, watch
 from benchmarks.network.netns import NetnsError, TwoHosts, require_root
 from benchmarks.sharded import MEMORY_KEYS
@@ -65,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="override steps for every workload")
     p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps at the start")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="comma list: every arm runs once per seed (allreduce first, its loss that "
+                        "seed's target); the table shows the first seed, the ratios get their "
+                        "mean and 95%% interval over seeds (default: --seed alone)")
     p.add_argument("--ranks-per-host", type=int, default=1,
                    help="ranks in each namespace (world = 2 x this); between them traffic "
                         "takes the host's loopback, unshaped, counted apart from the wire")
@@ -88,6 +93,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     else:
         args.arms = [a for a in args.arms.split(",") if a]
     args.workloads = [w for w in args.workloads.split(",") if w]
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s] if args.seeds else [args.seed]
+    except ValueError:
+        p.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        p.error("--seeds must name at least one seed, each once")
     for arm in args.arms:
         try:
             Arm.parse(arm)
@@ -119,22 +130,22 @@ SMOKE_STEPS = 3  # past torch's 2 dense steps; CO2 / DiLoCo average every step (
 
 
 def run_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int, out_dir: Path,
-             target: float | None) -> list[dict]:
+             target: float | None, seed: int) -> list[dict]:
     """``arms`` in one launch of both ranks (one arm, or every arm under ``--smoke``), a record
     each. Arms whose launch died in a native abort (``benchmarks.common.NATIVE_ABORT``) run once
     more on a fresh port; their records keep ``first_attempt_error``."""
-    recs = attempt_arms(net, args, workload, arms, index, out_dir, target)
+    recs = attempt_arms(net, args, workload, arms, index, out_dir, target, seed)
     again = [r["arm"] for r in recs if r["status"] == "error" and NATIVE_ABORT in r["error"]]
     if not again:
         return recs
     retried = iter(attempt_arms(net, args, workload, again, index + RETRY_PORT_OFFSET, out_dir,
-                                target))
+                                target, seed))
     return [{**next(retried), "first_attempt_error": r["error"]} if r["arm"] in again else r
             for r in recs]
 
 
 def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int, out_dir: Path,
-                 target: float | None) -> list[dict]:
+                 target: float | None, seed: int) -> list[dict]:
     """Start both ranks in their namespaces, wait (bounded), and merge what they wrote.
     ``target``: allreduce's smoothed loss; an arm may run on until it reaches it. An arm both
     ranks finished is ``ok`` even if the launch failed later (the failure is kept in
@@ -157,7 +168,7 @@ def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int
         "benchmarks.network.worker", f"--workload={workload}", f"--arm={','.join(arms)}",
         f"--data={args.data}", f"--out={out_dir}", f"--steps={steps}",
         f"--warmup-steps={warmup}", f"--smooth={smooth_for(steps)}", *extra, *knobs,
-        f"--seed={args.seed}", f"--timeout={args.arm_timeout}", *lgreco,
+        f"--seed={seed}", f"--timeout={args.arm_timeout}", *lgreco,
         f"--tau={1 if args.smoke else args.tau}",
         *([f"--outer-momentum={args.outer_momentum}"] if args.outer_momentum is not None else []),
     ]
@@ -171,7 +182,7 @@ def attempt_arms(net: TwoHosts, args, workload: str, arms: list[str], index: int
         f"exit codes {codes}: " if any(codes.values()) else None
     recs = []
     for arm in arms:
-        base = {"workload": workload, "arm": arm, "steps": steps}
+        base = {"workload": workload, "arm": arm, "steps": steps, "seed": seed}
         if len(list(out_dir.glob(f"{workload}-{arm}-rank*.json"))) == 2 * args.ranks_per_host:
             rec = {**base, **merge(out_dir, workload, arm, steps, target)}
             recs.append({**rec, "teardown_error": why + error_excerpt(texts)} if why else rec)
@@ -223,92 +234,6 @@ def _mean(values: list[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def figures(results: list[dict]) -> dict:
-    """The ratios the project reports, from records of one run (None where an arm is missing)."""
-    by = {(r["workload"], r["arm"]): r for r in results if r["status"] == "ok"}
-
-    def ratio(workload, a, b, key):
-        ra, rb = by.get((workload, a)), by.get((workload, b))
-        ok = ra and rb and ra.get(key) is not None and rb.get(key)
-        return ra[key] / rb[key] if ok else None
-
-    wire, time_ = "wire_bytes_per_step", "step_time_s"
-    arms = {a: Arm.parse(a) for a in dict.fromkeys(r["arm"] for r in results)}
-    other_tau = [a for a, arm in arms.items() if arm.kind == "co2" and arm.setting is not None]
-    compressed = [a for a, arm in arms.items() if arm.setting is None and
-                  arm.kind not in ("local", "local_node", "allreduce")] + other_tau
-    ours = [a for a, arm in arms.items() if arm.kind == "ours" and arm.setting is None]
-    plain = [a for a in ours if not (arms[a].adaptive or arms[a].fixed or arms[a].flat)]
-    adaptive = [(a, twin(arms[a], arms[a].method)) for a in ours if arms[a].adaptive]
-    sharded = [(a, twin(arm, "")) for a, arm in arms.items() if arm.sharding and
-               arm.kind == "ours" and arm.setting is None]
-    local_pairs = [*LOCAL_PAIRS, *((a, "local") for a in other_tau),
-                   *((a, "local_node") for a in ("co2_bf16", *other_tau))]
-    return {
-        w: {
-            # time to accuracy: every arm against plain DDP, in the same run
-            **{f"{a}_over_allreduce_loss": ratio(w, a, "allreduce", "loss_at_equal_steps")
-               for a in compressed},
-            **{f"{a}_over_allreduce_time_to_target":
-               ratio(w, a, "allreduce", "time_to_target_s") for a in compressed},
-            # ours beside the anchors: torch's own hooks, and plain DDP's bytes and steps
-            **{f"{a}_over_torch_powersgd_loss":
-               ratio(w, a, "torch_powersgd", "loss_at_equal_steps") for a in ours},
-            **{f"{a}_over_{b}_{k}": ratio(w, a, b, key) for a in ours
-               for b, k, key in (("allreduce", "wire", wire), ("allreduce", "time", time_),
-                                 ("torch_fp16", "time", time_),
-                                 ("torch_powersgd", "time", time_))},
-            **{f"{lg}_over_{base}_wire": ratio(w, lg, base, wire) for lg, base in adaptive},
-            **{f"{lg}_over_{base}_time": ratio(w, lg, base, time_) for lg, base in adaptive},
-            # local-updating arms: mean step time (boundary steps included), and wall-clock
-            # per step (ranks drift apart between rounds, so a per-step max over ranks
-            # counts each rank's jitter; the job's elapsed time does not), overlap ratio
-            **{f"{a}_over_{b}_{kind}_time": ratio(w, a, b, f"{kind}_step_time_s")
-               for a, b in local_pairs for kind in ("mean", "wall")},
-            "co2_overlap": overlap(by.get((w, "co2")), by.get((w, "diloco")),
-                                   by.get((w, "local"))),
-            # several ranks per host: three stages (the default) against the flat reduction
-            **{f"{a}_over_{a}_flat_{k}": ratio(w, a, f"{a}_flat", key)
-               for a in plain if f"{a}_flat" in arms
-               for k, key in (("wire", wire), ("payload", "ledger_bytes_per_step"),
-                              ("time", time_), ("loss", "loss_at_equal_steps"))},
-            "co2_bf16_over_co2_bf16_flat_outer_state":
-                ratio(w, "co2_bf16", "co2_bf16_flat", "outer_state_bytes"),
-            # FSDP2: each compressed arm against its dense twin (fsdp, hsdp); memory per rank
-            **{f"{a}_over_{b}_{k}": ratio(w, a, b, key) for a, b in sharded
-               for k, key in (("wire", wire), ("time", time_), ("loss", "loss_at_equal_steps"),
-                              ("time_to_target", "time_to_target_s"))},
-            **{f"{a}_over_allreduce_{k}": ratio(w, a, "allreduce", k)
-               for a, arm in arms.items() if arm.sharding for k in MEMORY_KEYS[:2]},
-        }
-        for w in sorted({r["workload"] for r in results})
-    }
-
-
-def twin(arm: Arm, base: str) -> str:
-    """The arm ``arm`` is compared with: ``base`` (a method: the same method without L-GreCo)
-    under the same sharding (``hsdp_`` + base), or the dense sharded arm for ``base`` ""."""
-    if arm.sharding is None:
-        return base
-    prefix = arm.name.partition("_")[0]
-    return f"{prefix}_{base}" if base else prefix
-
-
-LOCAL_PAIRS = (("co2", "local"), ("co2_bf16", "local"), ("co2_qsgd", "local"),
-               ("co2", "diloco"), ("co2", "allreduce"), ("diloco", "local"))
-
-
-def overlap(co2: dict | None, blocking: dict | None, local: dict | None) -> float | None:
-    """(T_blocking - T_co2) / T_comm with T_comm = T_blocking - T_local (mean step times):
-    1 when CO2 hides all of the communication the blocking schedule waits for, 0 when none."""
-    if not (co2 and blocking and local):
-        return None
-    t_comm = blocking["mean_step_time_s"] - local["mean_step_time_s"]
-    if t_comm <= 0:
-        return None
-    return (blocking["mean_step_time_s"] - co2["mean_step_time_s"]) / t_comm
-
-
 def summary_line(payload: dict, path: str) -> str:
     cfg = payload["config"]
     parts = []
@@ -321,7 +246,10 @@ def summary_line(payload: dict, path: str) -> str:
                          f"target {'never' if tta is None else f'{tta:.0f}s'}")
         else:
             parts.append(f"{r['workload']}/{r['arm']} ERROR")
-    return f"netbench {cfg['bandwidth'] or 'unshaped'}: " + ", ".join(parts) + f" -> {path}"
+    seeds = cfg.get("seeds") or [cfg["seed"]]
+    tail = f" (seed {seeds[0]}; {len(seeds)} seeds: over_seeds)" if len(seeds) > 1 else ""
+    return (f"netbench {cfg['bandwidth'] or 'unshaped'}: " + ", ".join(parts) + tail
+            + f" -> {path}")
 
 
 def main(argv=None) -> int:
@@ -332,25 +260,26 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     prepare(args.data)
-    results = []
+    by_seed: dict[int, list[dict]] = {s: [] for s in args.seeds}
     net = TwoHosts(args.bandwidth, args.delay, args.burst)
     with net, tempfile.TemporaryDirectory() as tmp:
         index = 0
-        for workload in args.workloads:
+        for workload, seed in ((w, s) for w in args.workloads for s in args.seeds):
             target = None
             launches = [args.arms] if args.smoke else [[arm] for arm in args.arms]
             for rec in (r for arms in launches for r in
-                        run_arms(net, args, workload, arms, index, Path(tmp), target)):
+                        run_arms(net, args, workload, arms, index, Path(tmp), target, seed)):
                 index += 1
                 arm = rec["arm"]
-                results.append(rec)
+                by_seed[seed].append(rec)
                 if arm == "allreduce" and rec["status"] == "ok":
                     target, ref = rec["loss_at_equal_steps"], rec["time_to_target_s"]
                 if target is not None and rec["status"] == "ok" and not args.smoke:
                     tta = rec["time_to_target_s"]
                     rec["time_to_target_over_allreduce"] = None if tta is None else tta / ref
                 status = "ok" if rec["status"] == "ok" else rec["error"][:200]
-                print(f"  {workload}/{arm}: {status}", file=sys.stderr, flush=True)
+                print(f"  {workload}/{arm} seed {seed}: {status}", file=sys.stderr, flush=True)
+    results = by_seed[args.seeds[0]]
     payload = {
         "benchmark": "netbench",
         "config": {
@@ -359,7 +288,8 @@ def main(argv=None) -> int:
             "arms": args.arms, "workloads": args.workloads,
             "steps": {w: SMOKE_STEPS if args.smoke else steps_for(args, w)
                       for w in args.workloads},
-            "warmup_steps": args.warmup_steps, **args.knobs, "seed": args.seed, "tau": args.tau,
+            "warmup_steps": args.warmup_steps, **args.knobs, "seed": args.seeds[0],
+            "seeds": args.seeds, "tau": args.tau,
             "outer_momentum": args.outer_momentum,
             "ranks_per_host": args.ranks_per_host,
             "command": "python -m benchmarks.network.netbench " + " ".join(argv or sys.argv[1:]),
@@ -372,6 +302,14 @@ def main(argv=None) -> int:
         "plans": {f"{r['workload']}/{r['arm']}": r["plans"] for r in results if r.get("plans")},
     }
     payload["figures"] = figures(payload["results"])
+    if len(args.seeds) > 1:
+        strip = ("losses", "plans", "clock")
+        payload["seed_results"] = {str(s): [{k: v for k, v in r.items() if k not in strip}
+                                            for r in recs] for s, recs in by_seed.items()}
+        payload["seed_curves"] = {str(s): {f"{r['workload']}/{r['arm']}": r["losses"]
+                                           for r in recs if "losses" in r}
+                                  for s, recs in by_seed.items()}
+        payload["over_seeds"] = over_seeds([figures(recs) for recs in by_seed.values()])
     write_json(args.json, payload)
     from benchmarks.network.report import plot
 

@@ -272,6 +272,14 @@ def section(payload: dict, json_path: str) -> str:
     figs = [f"{w}: {text}" for w, text in figs.items() if text]
     if figs:
         lines += ["", "Ratios (same run): " + "; ".join(figs)]
+    seeds = cfg.get("seeds") or []
+    spread = {w: ", ".join(f"{k} = {v['mean']:.3f} ± {v['ci95']:.3f}" for k, v in f.items()
+                           if v["mean"] is not None)
+              for w, f in payload.get("over_seeds", {}).items()}
+    spread = [f"{w}: {text}" for w, text in spread.items() if text]
+    if spread:
+        lines += ["", f"Over seeds {seeds} (mean ± 95% interval, Student t; the table and the "
+                  f"ratios above are seed {seeds[0]}'s): " + "; ".join(spread)]
     rounds = [f"{r['workload']}/{r['arm']} {r['mean_round_wait_s']:.3f} of "
               f"{r['mean_round_s']:.3f}" for r in payload["results"]
               if r["status"] == "ok" and r.get("mean_round_s") is not None]

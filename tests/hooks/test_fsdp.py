@@ -288,13 +288,27 @@ def _replicas_start_alike(rank):
     return _full(model)
 
 
+def _layout_changed(rank):
+    """A parameter frozen after FSDPCompression was built: FSDP2 then reduces fewer elements
+    than the slots it was given; a clear error on every rank, not averaged wrong rows."""
+    model = _build()
+    state = FSDPCompression(model, "powersgd", **RAW)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    _train(model, opt, rank, 0, 1)
+    model.blocks[0][0].weight.requires_grad_(False)
+    out = outcome(lambda: _train(model, opt, rank, 1, 1))
+    state.close()
+    return out
+
+
 def _features(rank, world, path):
     return {"start": _replicas_start_alike(rank),
             "one": _accumulate(rank, 1), "two": _accumulate(rank, 2),
             "mp_native": _mixed_precision(rank, None),
             "mp_dense": _mixed_precision(rank, "powersgd", warmup_steps=10**6),
             "mp_psgd": _mixed_precision(rank, "qsgd", bits=4, **RAW),
-            "resume": _resume(rank, path), "differs": _differs(rank), "two_d": _two_d(rank)}
+            "resume": _resume(rank, path), "differs": _differs(rank), "two_d": _two_d(rank),
+            "layout": _layout_changed(rank)}
 
 
 def test_accumulation_mixed_precision_checkpointing_resume_and_bad_settings():
@@ -317,6 +331,7 @@ def test_accumulation_mixed_precision_checkpointing_resume_and_bad_settings():
         assert "ranks were configured differently" in r["differs"]["error"]
         assert "rank: rank 0=2, rank 1=2, rank 2=2, rank 3=3" in r["differs"]["error"]
         assert "mesh['shard']" in r["two_d"]["error"]
+        assert "laid out unlike FSDP2's order" in (r["layout"]["error"] or ""), r["layout"]
     for r in res[1:]:
         for k, v in res[0]["mp_psgd"]["params"].items():
             assert torch.equal(r["mp_psgd"]["params"][k], v), k

@@ -128,7 +128,7 @@ def test_a_host_that_dies_is_not_waited_on_for_the_full_timeout(tmp_path, monkey
 def test_a_native_abort_is_run_once_more_and_kept_in_the_record(monkeypatch):
     calls = []
 
-    def attempt(net, args, workload, arms, index, out_dir, target):
+    def attempt(net, args, workload, arms, index, out_dir, target, seed):
         calls.append((arms, index))
         if len(calls) == 1:  # allreduce died in gloo's teardown, local finished first
             return [{"arm": "local", "status": "ok", "error": None},
@@ -137,7 +137,7 @@ def test_a_native_abort_is_run_once_more_and_kept_in_the_record(monkeypatch):
         return [{"arm": a, "status": "ok", "error": None} for a in arms]
 
     monkeypatch.setattr(netbench, "attempt_arms", attempt)
-    recs = netbench.run_arms(None, None, "cnn", ["local", "allreduce"], 3, Path("."), None)
+    recs = netbench.run_arms(None, None, "cnn", ["local", "allreduce"], 3, Path("."), None, 0)
     assert calls == [(["local", "allreduce"], 3), (["allreduce"], 3 + netbench.RETRY_PORT_OFFSET)]
     assert [r["status"] for r in recs] == ["ok", "ok"]
     assert "first_attempt_error" not in recs[0]
@@ -146,7 +146,7 @@ def test_a_native_abort_is_run_once_more_and_kept_in_the_record(monkeypatch):
     monkeypatch.setattr(netbench, "attempt_arms", lambda *a: calls.append(1) or
                         [{"arm": "powersgd", "status": "error",
                           "error": "exit codes {'a': 1}: ValueError"}])
-    (rec,) = netbench.run_arms(None, None, "cnn", ["powersgd"], 0, Path("."), None)
+    (rec,) = netbench.run_arms(None, None, "cnn", ["powersgd"], 0, Path("."), None, 0)
     assert rec["status"] == "error" and calls == [1]  # a Python error is the arm's own
 
 
