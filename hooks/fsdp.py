@@ -150,13 +150,15 @@ class FSDPCompression:
         modules = [m for m in model.modules() if isinstance(m, fsdp)]
         if not modules:
             raise ValueError("the model holds no FSDPModule: call fully_shard(...) on it first")
-        self._groups, mesh = [], None
+        self._groups, mesh, gathered = [], None, []
         for m in modules:
-            params = [p for _, p in managed_parameters(m, lambda c: isinstance(c, fsdp))
-                      if p.requires_grad and hasattr(p, "device_mesh")]
+            managed = [p for _, p in managed_parameters(m, lambda c: isinstance(c, fsdp))
+                       if hasattr(p, "device_mesh")]
+            params = [p for p in managed if p.requires_grad]
             for p in params:
                 mesh = check_placement(names[p], p, mesh)
             self._groups.append((m, [(names[p], p.shape) for p in params]))
+            gathered.append([(names[p], p.shape) for p in managed])  # frozen ones included
         shards = mesh.size()
         self._rank, world = dist.get_rank(), dist.get_world_size()
         self.flat = shards == world
@@ -199,8 +201,9 @@ class FSDPCompression:
                              f"{t.node_ranks(t.node)}")
         else:
             self._bind(model)
-        self.gathers = [QuantizedAllGather(self.config.timeout_s) for _ in self._groups] \
-            if all_gather == "int8" else []
+        self.gathers = [QuantizedAllGather(self.config.timeout_s,
+                                           splits=[s.padded for s in layout(g, shards, 0)])
+                        for g in gathered] if all_gather == "int8" else []
         for (m, _), gather in zip(self._groups, self.gathers):
             m.set_custom_all_gather(gather)
 

@@ -6,8 +6,9 @@ gradient's reduce-scatter (two per step against one). Weights, unlike gradients,
 feedback to stay unbiased over steps: the master shard stays fp32 on its rank and the optimizer
 updates it exactly; only the copy used for one forward and backward is rounded. So each rank
 sends its shard as int8 with one fp32 scale (absolute maximum / 127) per block of
-``BLOCK`` elements: 1 + 4/256 bytes per element against fp32's 4, bf16's 2. The rounding error
-of an element is at most half its block's scale (max |w| / 254 of the block).
+``BLOCK`` elements, blocks restarting at each parameter: about 1 + 4/256 bytes per element
+against fp32's 4, bf16's 2. The rounding error of an element is at most half its block's scale
+(max |w| / 254 of the block).
 
 Every rank, its own chunk included, uses the decoded bytes, so all ranks compute with the same
 weights (their gradients differ from fp32's only by that rounding, which the loss measures: see
@@ -27,31 +28,52 @@ BLOCK = 256  # elements per fp32 scale
 QUANTIZED = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def encode(x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """Flat ``x`` (n elements) as bytes: n int8 codes, then ceil(n / block) fp32 scales
-    (uint8, n + 4 ceil(n / block) bytes)."""
+def _segments(n: int, block: int, splits: list[int] | None) -> tuple[list[tuple], int]:
+    """(element start, length, first block) per segment, and the blocks in all: blocks restart
+    at each segment (a parameter's chunk), so no scale spans two parameters (a bias or a norm
+    weight beside a conv weight would set the conv weight's step). ``splits`` that do not sum
+    to ``n`` count as one segment."""
+    splits = splits if splits and sum(splits) == n else [n]
+    out, start, row = [], 0, 0
+    for length in splits:
+        out.append((start, length, row))
+        start, row = start + length, row + math.ceil(length / block)
+    return out, row
+
+
+def encode(x: torch.Tensor, block: int = BLOCK, splits: list[int] | None = None) -> torch.Tensor:
+    """Flat ``x`` (n elements) as bytes: n int8 codes, then one fp32 scale per block of
+    ``block`` elements of each segment of ``splits`` (uint8, n + 4 (blocks) bytes)."""
     n = x.numel()
-    k = math.ceil(n / block)
+    segments, k = _segments(n, block, splits)
     rows = torch.zeros(k * block, dtype=torch.float32, device=x.device)
-    rows[:n] = x.reshape(-1)
+    flat = x.reshape(-1)
+    for start, length, row in segments:
+        rows[row * block : row * block + length] = flat[start : start + length]
     rows = rows.view(k, block)
     scale = rows.abs().amax(dim=1) / 127.0
     codes = torch.round(rows / torch.where(scale > 0, scale, 1.0)[:, None]).to(torch.int8)
-    return torch.cat([codes.reshape(-1)[:n].view(torch.uint8), scale.view(torch.uint8)])
+    codes = codes.reshape(-1)
+    codes = torch.cat([codes[row * block : row * block + length]
+                       for _, length, row in segments])
+    return torch.cat([codes.view(torch.uint8), scale.view(torch.uint8)])
 
 
-def decode(payload: torch.Tensor, n: int, out: torch.Tensor, block: int = BLOCK) -> None:
-    """Write the ``n`` elements :func:`encode` packed into ``payload`` (uint8) into ``out``
-    (flat, any float dtype)."""
-    k = math.ceil(n / block)
+def decode(payload: torch.Tensor, n: int, out: torch.Tensor, block: int = BLOCK,
+           splits: list[int] | None = None) -> None:
+    """Write the ``n`` elements :func:`encode` packed into ``payload`` (uint8, same ``block``
+    and ``splits``) into ``out`` (flat, any float dtype)."""
+    segments, k = _segments(n, block, splits)
     codes = payload[:n].view(torch.int8).float()
     scale = payload[n:n + 4 * k].clone().view(torch.float32)  # a row may start unaligned
-    out.copy_(codes * scale.repeat_interleave(block)[:n])
+    per = torch.cat([scale[row : row + math.ceil(length / block)].repeat_interleave(block)[:length]
+                     for _, length, row in segments])
+    out.copy_(codes * per)
 
 
-def payload_bytes(n: int, block: int = BLOCK) -> int:
+def payload_bytes(n: int, block: int = BLOCK, splits: list[int] | None = None) -> int:
     """Bytes one rank sends for a chunk of ``n`` elements."""
-    return n + 4 * math.ceil(n / block)
+    return n + 4 * _segments(n, block, splits)[1]
 
 
 class QuantizedAllGather:
@@ -61,6 +83,8 @@ class QuantizedAllGather:
     Args:
       timeout_s: seconds the all-gather may take before it raises (never a hang).
       block: elements per scale.
+      splits: elements of each parameter's chunk in the module's flat buffer (FSDP2's order,
+        padding included): blocks restart at each; None: one segment.
 
     Fields:
       sent_bytes: bytes this rank sent so far (its encoded chunks).
@@ -68,10 +92,11 @@ class QuantizedAllGather:
       calls: all-gathers run (forward and backward each count).
     """
 
-    def __init__(self, timeout_s: float = 300.0, block: int = BLOCK):
+    def __init__(self, timeout_s: float = 300.0, block: int = BLOCK,
+                 splits: list[int] | None = None):
         if block < 1:
             raise ValueError(f"block must be >= 1 element, got {block}")
-        self.timeout_s, self.block = timeout_s, block
+        self.timeout_s, self.block, self.splits = timeout_s, block, splits
         self.sent_bytes = self.dense_bytes = self.calls = 0
         self.closed = False
 
@@ -93,12 +118,12 @@ class QuantizedAllGather:
             self.sent_bytes += n * input_tensor.element_size()
             output_tensor.view(comm.world_size, n).copy_(comm.all_gather(input_tensor).wait())
             return
-        payload = encode(input_tensor, self.block)
+        payload = encode(input_tensor, self.block, self.splits)
         self.sent_bytes += payload.numel()
         gathered = comm.all_gather(payload).wait()
         rows = output_tensor.view(comm.world_size, n)
         for r in range(comm.world_size):
-            decode(gathered[r], n, rows[r], self.block)
+            decode(gathered[r], n, rows[r], self.block, self.splits)
 
     def summary(self) -> dict:
         """Bytes sent against FSDP2's own all-gathers'."""

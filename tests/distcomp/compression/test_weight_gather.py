@@ -32,3 +32,20 @@ def test_rounding_error_is_at_most_half_a_block_scale():
         assert (out[i:i + 256] - block).abs().max() <= block.abs().max() / 254 * (1 + 1e-6)
     with pytest.raises(ValueError, match="block"):
         QuantizedAllGather(block=0)
+
+
+def test_blocks_restart_at_each_parameter():
+    """A small weight beside a large bias: its own scale keeps it (one shared scale would round
+    it to zero)."""
+    x = torch.tensor([0.5, -0.25, 0.1, 100.0, 50.0, 0.0, 0.0, 0.0])
+    payload = encode(x, block=4, splits=[3, 5])
+    assert payload.numel() == payload_bytes(8, 4, [3, 5]) == 8 + 4 * 3
+    assert payload[:8].view(torch.int8).tolist() == [127, -64, 25, 127, 64, 0, 0, 0]
+    assert payload[8:].clone().view(torch.float32).tolist() == pytest.approx(
+        [0.5 / 127, 100 / 127, 0.0])
+    out = torch.empty(8)
+    decode(payload, 8, out, block=4, splits=[3, 5])
+    torch.testing.assert_close(out[:3], x[:3], rtol=0.02, atol=0)
+    shared = torch.empty(8)
+    decode(encode(x, block=4), 8, shared, block=4)
+    assert shared[2] == 0  # 0.1 in a block whose maximum is 100
