@@ -16,9 +16,11 @@ shards, so the average over nodes is one all-reduce per shard among the ranks wi
 place in their node (the *peers*). That all-reduce is what native HSDP sends dense over the
 slow link; here it is replaced through ``FSDPModule.set_all_reduce_hook``, which runs on the
 reduce-scatter output when the mesh is 1-D, by distcomp's reducer: each parameter's shard is a
-row block (rows, *rest) of its weight, compressed like any gradient (PowerSGD as a matrix,
-top-k, QSGD, L-GreCo plans per shard), with error feedback, warm-start Qs and schedules kept
-per shard. A rank's compression state is therefore about 1/ranks_per_node of the model's.
+row block (rows, *rest) of its weight, compressed like any gradient (top-k, QSGD, L-GreCo plans
+per shard), with error feedback and schedules kept per shard, so a rank's residuals are about
+1/ranks_per_node of the model's. PowerSGD runs its power iteration on the whole weight, each
+rank computing its rows' part (``joins_row_blocks``): a node sends one pair of factors per
+weight, as DDP's hook does, not one per shard.
 Nothing else of FSDP2 changes: all-gathers, resharding, mixed precision, activation
 checkpointing and the optimizer see ordinary sharded gradients.
 
@@ -48,7 +50,7 @@ from distcomp.compression.reduce_scatter import (
     Residual,
     reduce_scatter_config,
 )
-from distcomp.compression.reducer import CompressedReducer
+from distcomp.compression.reducer import CompressedReducer, RowBlocks
 from distcomp.compression.sharded import (
     ShardSlot,
     check_placement,
@@ -176,8 +178,7 @@ class FSDPCompression:
                                  "shard")
         self._settings = settings_of(self.config, lgreco, trainable(model))
         self._settings.update(flat=self.flat, residual=residual, all_gather=all_gather)
-        self.reducer = None if self.flat else \
-            CompressedReducer(self.config, rank=self._rank, lgreco=lgreco)
+        self.reducer: CompressedReducer | None = None  # made with the groups
         self.scatter: CompressedReduceScatter | None = None
         self.fast_ledger = ByteLedger()
         self._step = 0
@@ -200,21 +201,23 @@ class FSDPCompression:
             raise ValueError(f"rank {self._rank} shards with ranks {mesh_ranks}, not its node "
                              f"{t.node_ranks(t.node)}")
         else:
-            self._bind(model)
+            self._bind(model, lgreco)
         self.gathers = [QuantizedAllGather(self.config.timeout_s,
                                            splits=[s.padded for s in layout(g, shards, 0)])
                         for g in gathered] if all_gather == "int8" else []
         for (m, _), gather in zip(self._groups, self.gathers):
             m.set_custom_all_gather(gather)
 
-    def _bind(self, model: nn.Module) -> None:
-        """Peer groups (collective: every rank creates every group), the same starting
-        parameters on every node, then the hooks."""
-        t, backend = self.topology, dist.get_backend()
-        self._peer_groups = [dist.new_group(t.peer_ranks(r), backend=backend)
-                             for r in range(t.ranks_per_node)]
-        group = self._peer_groups[t.local_rank]
-        self._peers = TorchComm(group, self.config.timeout_s)
+    def _bind(self, model: nn.Module, lgreco: LGreCoConfig | None) -> None:
+        """Node and peer groups (collective: every rank creates every group), the reducer
+        (PowerSGD's factors computed with the node's other shards of each weight), the same
+        starting parameters on every node, then the hooks."""
+        t, timeout = self.topology, self.config.timeout_s
+        node, group, self._peer_groups = node_groups(t)
+        self._peers = TorchComm(group, timeout)
+        shapes = {k: torch.Size(shape) for _, params in self._groups for k, shape in params}
+        self.reducer = CompressedReducer(self.config, rank=self._rank, lgreco=lgreco,
+                                         rows=RowBlocks(TorchComm(node, timeout), shapes))
         with torch.no_grad():  # like DDP: every replica starts from node 0's parameters
             for p in model.parameters():
                 shard = p.to_local() if hasattr(p, "to_local") else None

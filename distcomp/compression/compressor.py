@@ -44,11 +44,13 @@ FP32_BYTES = 4
 @dataclass
 class Item:
     """One tensor to average: ``x`` this rank's gradient plus error-feedback residual (fp32,
-    the gradient's shape) and the ``setting`` it travels at."""
+    the gradient's shape) and the ``setting`` it travels at; ``shape``: the whole tensor's
+    shape when ``x`` is a block of its rows (:attr:`Exchange.rows`), else None."""
 
     key: str
     x: torch.Tensor
     setting: float
+    shape: torch.Size | None = None
 
 
 @dataclass
@@ -69,6 +71,10 @@ class Exchange(Protocol):
     comm: Comm
     keep_own: bool  # whether the reducer needs each item's own C(x) (error feedback)
     seed: int  # the configuration's seed
+    # the ranks holding the other row blocks of every item (a node under FSDP2), each block
+    # averaged over ``comm``; None where items are whole tensors. Only a method that declares
+    # ``joins_row_blocks`` gets it
+    rows: Comm | None
 
     def first_round(self, summed: list[torch.Tensor], gathered: torch.Tensor | None
                     ) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:
@@ -97,6 +103,10 @@ class Compressor(ABC):
     knob: ClassVar[str]
     Options: ClassVar[type[Knobs]]
     Plan: ClassVar[type[Knobs] | None] = None
+    # whether the method compresses a tensor whose rows are split over ranks jointly
+    # (``Exchange.rows``): a low-rank method would otherwise approximate each block on its own
+    # and send one factor per block; an elementwise method sends the same either way
+    joins_row_blocks: ClassVar[bool] = False
 
     def __init__(self, options: Knobs | None = None, **knobs: Any):
         if options is None:
@@ -302,7 +312,7 @@ class _Alone:
     """The exchange of :meth:`Compressor.roundtrip`: one rank, one generator for everything,
     error feedback on (as the reducer runs by default)."""
 
-    keep_own, seed = True, 0
+    keep_own, seed, rows = True, 0, None
 
     def __init__(self, device: torch.device, generator: torch.Generator | None):
         self.comm = _AloneComm(device)

@@ -48,11 +48,23 @@ def step_generator(seed: int, rank: int, step: int, key: str,
     return gen
 
 
+@dataclass(frozen=True)
+class RowBlocks:
+    """The tensors a reducer averages are blocks of rows of larger ones (FSDP2's shards),
+    the other blocks on the ranks of ``comm`` (this rank's node, block i on its rank i).
+    ``shapes``: key -> the whole tensor's shape, on which every decision is made (compress or
+    not, the setting), so the node's ranks decide alike."""
+
+    comm: Comm
+    shapes: dict[str, torch.Size]
+
+
 @dataclass
 class _Slot:
     key: str
     grad: torch.Tensor  # view into the caller's buffer; averages are written here
     setting: float | None  # None: travels uncompressed
+    shape: torch.Size  # the whole tensor's (``grad``'s unless it is a row block)
 
 
 class CompressedReducer:
@@ -71,10 +83,14 @@ class CompressedReducer:
       ledger: bytes contributed to collectives.
       nonfinite_buckets: buckets that fell back to a dense all-reduce because of inf/NaN.
       lgreco: the adaptive planner (None: uniform settings); it rewrites ``settings``.
+      rows: where the tensors are row blocks that the method compresses jointly with the
+        node's other blocks (:class:`RowBlocks`; a method declaring ``joins_row_blocks``,
+        without L-GreCo, whose candidates and errors are per block); None: each tensor on its
+        own. Statistics (Accordion's norms) are then averaged over the node too.
     """
 
     def __init__(self, config: CompressionConfig, rank: int = 0,
-                 lgreco: LGreCoConfig | None = None):
+                 lgreco: LGreCoConfig | None = None, rows: RowBlocks | None = None):
         self.config = config
         self.compressor = config.compressor()
         self.rank = rank
@@ -90,6 +106,7 @@ class CompressedReducer:
                                        config.gentle, uniform)
         momentum = self.compressor.momentum
         self.dgc = MomentumCorrection(momentum) if momentum else None
+        self.rows = rows if self.compressor.joins_row_blocks and lgreco is None else None
         self._begun_step: int | None = None
         self.settings: dict[str, float] = {}
         self.residuals: dict[str, torch.Tensor] = {}
@@ -134,9 +151,11 @@ class CompressedReducer:
         if self._begun_step != step:
             self._begin_step(step, comm, grads[0].device)
         warmup = step < self.config.warmup_steps
-        for k, g in zip(keys, grads):
+        shapes = [g.shape if self.rows is None else self.rows.shapes[k]
+                  for k, g in zip(keys, grads)]
+        for k, g, shape in zip(keys, grads, shapes):
             self.ledger.record_dense(step, k, g.numel() * g.element_size())
-            if not self.eligible(g.shape):
+            if not self.eligible(shape):
                 continue
             if self.accordion is not None:
                 self.accordion.observe(k, g)
@@ -149,7 +168,8 @@ class CompressedReducer:
         if warmup:
             self._dense(grads, keys, comm, step, track=True)
             return
-        slots = [_Slot(k, g, self.setting_for(k, g.shape, step)) for k, g in zip(keys, grads)]
+        slots = [_Slot(k, g, self.setting_for(k, shape, step), shape)
+                 for k, g, shape in zip(keys, grads, shapes)]
         if all(s.setting is None for s in slots):
             self._dense(grads, keys, comm, step, track=True)
             return
@@ -157,6 +177,8 @@ class CompressedReducer:
         # values near the fp32 limit, which then just takes the safe dense path).
         total = torch.stack([g.detach().sum(dtype=torch.float32) for g in grads]).sum()
         nonfinite = (~torch.isfinite(total)).to(torch.float32).reshape(1)
+        if self.rows is not None:  # the node's ranks take the fallback together
+            self.rows.comm.all_reduce_sum(nonfinite).wait()
         dense = [s for s in slots if s.setting is None]
         comp = [s for s in slots if s.setting is not None]
         inputs = [self._compensated(s) for s in comp]
@@ -191,10 +213,14 @@ class CompressedReducer:
 
     def _mean(self, t: torch.Tensor, comm: Comm, step: int) -> torch.Tensor:
         """Average a small statistics tensor over ranks (L-GreCo's error table, Accordion's
-        gradient norms)."""
+        gradient norms), and over the node's ranks with :class:`RowBlocks` (each holds other
+        rows of the same tensors: all must decide alike)."""
         comm.all_reduce_sum(t).wait()
         self.ledger.record(step, CONTROL_KEY, t.numel() * t.element_size(), "allreduce")
-        return (t / comm.world_size).cpu()
+        if self.rows is None:
+            return (t / comm.world_size).cpu()
+        self.rows.comm.all_reduce_sum(t).wait()
+        return (t / (comm.world_size * self.rows.comm.world_size)).cpu()
 
     def _compensated(self, slot: _Slot) -> torch.Tensor:
         x = slot.grad.detach().to(torch.float32, copy=True)
@@ -251,7 +277,7 @@ class CompressedReducer:
         """The method's collectives (its first round fused with the dense tensors), then error
         feedback, momentum correction and the ledger; False where a rank saw inf/NaN."""
         exchange = _Exchange(self, dense, nonfinite, comm, step)
-        items = [Item(s.key, x, s.setting) for s, x in zip(comp, inputs)]
+        items = [Item(s.key, x, s.setting, s.shape) for s, x in zip(comp, inputs)]
         results = self.compressor.reduce(items, exchange, self.memory)
         if results is None:
             return False
@@ -340,6 +366,7 @@ class _Exchange:
             reducer, dense, flag, comm, step
         self.keep_own = reducer.config.error_feedback
         self.seed = reducer.config.seed
+        self.rows = None if reducer.rows is None else reducer.rows.comm
 
     def first_round(self, summed: list[torch.Tensor], gathered: torch.Tensor | None
                     ) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:

@@ -155,15 +155,14 @@ def _equivalence(rank, world):
 
 
 def _powersgd_reference(node_means, local_rank, key, r=2):
-    """P = orth(sum_n M_n Q0), Q = sum_n M_n^T P, average P Q^T / nodes on the shard rows."""
-    rows = node_means[0].shape[0]
-    per = -(-rows // 2)
-    ms = [as_matrix(m[local_rank * per : (local_rank + 1) * per]) if m.dim() > 1 else None
-          for m in node_means]
-    q0 = PowerSGD(rank=r).initial_q(node_means[0][:per].shape, r, 0, key)
+    """One power iteration on the whole weight, the node's shards joined: P = orth(sum_n M_n
+    Q0), Q = sum_n M_n^T P, average P Q^T / nodes; this shard's rows of it."""
+    ms = [as_matrix(m) for m in node_means]
+    q0 = PowerSGD(rank=r).initial_q(node_means[0].shape, r, 0, key)
     p = orthogonalize(sum(m @ q0 for m in ms))
     q = sum(m.t() @ p for m in ms)
-    return (p @ q.t()) / 2
+    per = -(-ms[0].shape[0] // 2)
+    return ((p @ q.t()) / 2)[local_rank * per : (local_rank + 1) * per]
 
 
 def test_dense_path_equals_native_hsdp_and_compressed_match_hand_references():
@@ -196,7 +195,7 @@ def test_dense_path_equals_native_hsdp_and_compressed_match_hand_references():
                 for step in ("psgd_step", "topk_step"):
                     torch.testing.assert_close(r[step][key], mean, rtol=1e-5, atol=1e-7)
                 continue
-            # PowerSGD rank 2 on the shard's row block
+            # PowerSGD rank 2 on the whole weight, this shard's rows
             got = r["psgd_step"][key]
             want = _powersgd_reference(means, local, key).view_as(got)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
