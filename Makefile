@@ -136,7 +136,7 @@ DEFAULTS_FRONTIER_ARMS := allreduce,powersgd@2,powersgd@4,powersgd@8,lgreco powe
 # FSDP2 at 2 hosts x 2 ranks (#36): native HSDP against FSDPCompression's compressed cross-host
 # average, DDP beside them; one-level FSDP2 (every rank a shard) against its compressed
 # reduce-scatter on the small CNN (its weights cross the link in every all-gather too)
-FSDP_ARMS := local,allreduce,powersgd,hsdp,hsdp_powersgd,hsdp_qsgd,hsdp_topk,hsdp_lgreco_powersgd
+FSDP_ARMS := local,allreduce,powersgd,hsdp,hsdp_powersgd,hsdp_qsgd
 FSDP_FLAT_ARMS := allreduce,fsdp,fsdp_qsgd,fsdp_fp8,fsdp_fp8_ag8
 # the methods added through the registry (#35) beside the first three and torch's hooks
 METHOD_ARMS := local,allreduce,torch_fp16,torch_powersgd,powersgd,topk,qsgd,signsgd,randk,fp8
@@ -163,7 +163,7 @@ bench: venv sysdeps
 	  --json $(RESULTS)/netbench-topology-lm.json
 	$(RUN) $(BIN)/python -m benchmarks.accuracy.co2_outer --json $(RESULTS)/co2-outer.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
-	  --burst 1mbit --arms $(FSDP_ARMS) --json $(RESULTS)/netbench-fsdp.json
+	  --burst 1mbit --seeds 0,1,2 --arms $(FSDP_ARMS) --json $(RESULTS)/netbench-fsdp.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads cnn --steps 100 \
 	  --burst 1mbit --seeds 0,1,2 --arms $(FSDP_FLAT_ARMS) --json $(RESULTS)/netbench-fsdp-flat.json
 	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads cnn,resnet --seeds 0,1,2,3,4 \
