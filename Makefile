@@ -164,6 +164,8 @@ bench: venv sysdeps
 	$(RUN) $(BIN)/python -m benchmarks.accuracy.co2_outer --json $(RESULTS)/co2-outer.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads resnet --steps 300 \
 	  --burst 1mbit --seeds 0,1,2 --arms $(FSDP_ARMS) --json $(RESULTS)/netbench-fsdp.json
+	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads lm --steps 150 \
+	  --burst 1mbit --arms local,allreduce,powersgd,hsdp,hsdp_powersgd --json $(RESULTS)/netbench-fsdp-lm.json
 	$(RUN) $(BIN)/python -m benchmarks.network.netbench --ranks-per-host 2 --workloads cnn --steps 100 \
 	  --burst 1mbit --seeds 0,1,2 --arms $(FSDP_FLAT_ARMS) --json $(RESULTS)/netbench-fsdp-flat.json
 	$(RUN) $(BIN)/python -m benchmarks.accuracy.defaults --workloads cnn,resnet --seeds 0,1,2,3,4 \
@@ -227,7 +229,7 @@ bench: venv sysdeps
 	  $(RESULTS)/netbench-world2.json \
 	  $(RESULTS)/netbench-co2.json $(RESULTS)/netbench-co2-device.json \
 	  $(RESULTS)/netbench-methods.json $(RESULTS)/netbench-fsdp.json \
-	  $(RESULTS)/netbench-fsdp-flat.json
+	  $(RESULTS)/netbench-fsdp-lm.json $(RESULTS)/netbench-fsdp-flat.json
 
 # CUDA tests and the GPU benchmark (issue #27), with the machine's own Python and torch where it
 # has them (a GPU machine: nothing is fetched), else with the project's venv. The package is laid

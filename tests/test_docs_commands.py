@@ -81,6 +81,11 @@ TINY: dict[str, tuple] = {
         "test", "tests/test_bench_commands.py::test_bench_command_runs_at_a_tiny_size",
         "make bench's line: every arm under --smoke there, the sharded ones at 2 hosts x 2 in "
         "tests/benchmarks/network/test_netbench.py"),
+    "python -m benchmarks.network.netbench --ranks-per-host 2 --workloads lm --steps 150 "
+    "--burst 1mbit --arms local,allreduce,powersgd,hsdp,hsdp_powersgd --json "
+    "benchmarks/results/netbench-fsdp-lm.json": (
+        "test", "tests/test_bench_commands.py::test_bench_command_runs_at_a_tiny_size",
+        "make bench's line: its arms under --smoke on the LM there"),
     "python -m benchmarks.network.netbench --ranks-per-host 2 --workloads cnn --steps 100 "
     "--burst 1mbit --seeds 0,1,2 --arms allreduce,fsdp,fsdp_qsgd,fsdp_fp8,fsdp_fp8_ag8 --json "
     "benchmarks/results/netbench-fsdp-flat.json": (
