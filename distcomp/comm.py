@@ -30,6 +30,16 @@ class Comm(Protocol):
         """Start gathering ``t`` (same shape on every rank); ``wait()`` -> (world, *t.shape)."""
 
 
+def split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Consecutive views of ``flat`` (a fused collective's buffer) shaped as the tensors of
+    ``like``, the order they were concatenated in."""
+    out, offset = [], 0
+    for t in like:
+        out.append(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+    return out
+
+
 class CollectiveTimeout(RuntimeError):
     """A collective did not finish within the configured timeout (a peer is probably gone)."""
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from distcomp.comm import Comm
+from distcomp.comm import Comm, split_like
 from distcomp.compression.accordion import Accordion
 from distcomp.compression.compressor import FP32_BYTES, Item
 from distcomp.compression.config import CompressionConfig
@@ -378,11 +378,7 @@ class _Exchange:
         if fused[-1].item() > 0:
             return None
         offset = r._write_dense(self.dense, fused, self.comm.world_size, self.step)
-        out = []
-        for t in summed:
-            out.append(fused[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
-        return out, rows
+        return split_like(fused[offset:], summed), rows
 
     def generator(self, key: str, shared: bool = False) -> torch.Generator:
         return self.reducer.generator(key, self.step, self.flag.device, shared=shared)

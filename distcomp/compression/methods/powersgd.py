@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distcomp.comm import Comm
+from distcomp.comm import Comm, split_like
 from distcomp.compression.compressor import FP32_BYTES, Compressor, Exchange, Item, Reduced
 from distcomp.knobs import Knobs, knob
 
@@ -166,15 +166,6 @@ def _reduce_row_blocks(items: list[Item], ms: list[torch.Tensor], ps: list[torch
         own = (p @ y.t()).view_as(it.x) if exchange.keep_own else None
         out.append(Reduced((p @ q.t()).view_as(it.x) / peers.world_size, own,
                            FP32_BYTES * (p.numel() + s.numel()), "allreduce"))
-    return out
-
-
-def split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Consecutive views of ``flat`` shaped as the tensors of ``like``."""
-    out, offset = [], 0
-    for t in like:
-        out.append(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
     return out
 
 
